@@ -1,0 +1,27 @@
+# Everything a fresh machine needs: `make test` and `make bench` create .venv, install the pinned dependencies,
+# build flowkern with `pip install .`, then run. TORCH can be overridden (e.g. a CUDA build on a GPU machine).
+PYTHON ?= python3
+TORCH  ?= torch==2.13.0
+VENV   := .venv
+BIN    := $(VENV)/bin
+DEPS   := "triton>=3.0" numpy tqdm pytest pytest-benchmark matplotlib "imageio>=2.31" "av>=11" pillow
+
+.PHONY: test bench install clean
+
+$(VENV)/.deps: pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "$(TORCH)" $(DEPS)
+	touch $@
+
+install: $(VENV)/.deps
+	$(BIN)/python -m pip install -q .
+
+test: install
+	$(BIN)/pytest
+
+bench: install
+	$(BIN)/python benchmarks/run.py $(BENCH_ARGS)
+
+clean:
+	rm -rf $(VENV) build *.egg-info flowkern/_C*.so

@@ -1,0 +1,157 @@
+// CPU channel_affine: y = A x + c per pixel (ActNorm folded into the invertible 1x1 conv), and its backward.
+// Contract in ../kernels.h. Work is split into fixed pixel tiles, so results never depend on the thread count.
+#include <omp.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "cpu_ops.h"
+#include "kernels.h"
+#include "simd.h"
+
+namespace flowkern {
+namespace cpu {
+namespace {
+
+constexpr int64_t kTile = 256;  // pixels per tile: C x kTile floats stay in L1/L2 for C <= 96
+
+// out[i, 0:np] = bias[i] + sum_j M(i, j) * in[j, 0:np], rows of `in`/`out` strided by HW.
+// M(i, j) = M[i*C + j], or M[j*C + i] when `transposed`. Four output rows at once reuse each input row.
+template <typename T>
+FK_INLINE void affine_tile(const T* in, const T* M, const T* bias, T* out, int64_t C, int64_t HW, int64_t np,
+                        bool transposed) {
+  T acc[4][kTile];
+  auto m = [&](int64_t i, int64_t j) { return transposed ? M[j * C + i] : M[i * C + j]; };
+  for (int64_t i0 = 0; i0 < C; i0 += 4) {
+    const int64_t ni = std::min<int64_t>(4, C - i0);
+    for (int64_t r = 0; r < ni; ++r) {
+      const T b0 = bias ? bias[i0 + r] : T(0);
+      for (int64_t p = 0; p < np; ++p) acc[r][p] = b0;
+    }
+    for (int64_t j = 0; j < C; ++j) {
+      const T* xj = in + j * HW;
+      if (ni == 4) {
+        const T a0 = m(i0, j), a1 = m(i0 + 1, j), a2 = m(i0 + 2, j), a3 = m(i0 + 3, j);
+#pragma omp simd
+        for (int64_t p = 0; p < np; ++p) {
+          const T v = xj[p];
+          acc[0][p] += a0 * v;
+          acc[1][p] += a1 * v;
+          acc[2][p] += a2 * v;
+          acc[3][p] += a3 * v;
+        }
+      } else {
+        for (int64_t r = 0; r < ni; ++r) {
+          const T a = m(i0 + r, j);
+#pragma omp simd
+          for (int64_t p = 0; p < np; ++p) acc[r][p] += a * xj[p];
+        }
+      }
+    }
+    for (int64_t r = 0; r < ni; ++r) std::memcpy(out + (i0 + r) * HW, acc[r], np * sizeof(T));
+  }
+}
+
+// One backward chunk (sample n, pixels [c0, c1)): dx = A^T dy, and this chunk's dA and dc partials.
+template <typename T>
+FK_INLINE void bwd_chunk(const T* x, const T* dy, const T* A, T* dx, T* dA, T* dc, int64_t C, int64_t HW,
+                         int64_t c0, int64_t c1) {
+  for (int64_t i = 0; i < C * C; ++i) dA[i] = T(0);
+  for (int64_t i = 0; i < C; ++i) dc[i] = T(0);
+  for (int64_t p0 = c0; p0 < c1; p0 += kTile) {
+    const int64_t np = std::min(kTile, c1 - p0);
+    const T* x_t = x + p0;
+    const T* dy_t = dy + p0;
+    affine_tile<T>(dy_t, A, nullptr, dx + p0, C, HW, np, /*transposed=*/true);
+    for (int64_t i = 0; i < C; ++i) {
+      const T* dyi = dy_t + i * HW;
+      T s = 0;
+#pragma omp simd reduction(+ : s)
+      for (int64_t p = 0; p < np; ++p) s += dyi[p];
+      dc[i] += s;
+      for (int64_t j = 0; j < C; ++j) {  // dA[i, j] += <dy_i, x_j> over the tile
+        const T* xj = x_t + j * HW;
+        T d = 0;
+#pragma omp simd reduction(+ : d)
+        for (int64_t p = 0; p < np; ++p) d += dyi[p] * xj[p];
+        dA[i * C + j] += d;
+      }
+    }
+  }
+}
+
+// float instances get AVX2 clones; double (tests) stays plain
+FK_CLONES void fwd_tile_f32(const float* x, const float* A, const float* c, float* y, int64_t C, int64_t HW,
+                            int64_t np) {
+  affine_tile<float>(x, A, c, y, C, HW, np, false);
+}
+FK_CLONES void bwd_chunk_f32(const float* x, const float* dy, const float* A, float* dx, float* dA, float* dc,
+                             int64_t C, int64_t HW, int64_t c0, int64_t c1) {
+  bwd_chunk<float>(x, dy, A, dx, dA, dc, C, HW, c0, c1);
+}
+void fwd_tile_any(const float* x, const float* A, const float* c, float* y, int64_t C, int64_t HW, int64_t np) {
+  fwd_tile_f32(x, A, c, y, C, HW, np);
+}
+void fwd_tile_any(const double* x, const double* A, const double* c, double* y, int64_t C, int64_t HW, int64_t np) {
+  affine_tile<double>(x, A, c, y, C, HW, np, false);
+}
+void bwd_chunk_any(const float* x, const float* dy, const float* A, float* dx, float* dA, float* dc, int64_t C,
+                   int64_t HW, int64_t c0, int64_t c1) {
+  bwd_chunk_f32(x, dy, A, dx, dA, dc, C, HW, c0, c1);
+}
+void bwd_chunk_any(const double* x, const double* dy, const double* A, double* dx, double* dA, double* dc, int64_t C,
+                   int64_t HW, int64_t c0, int64_t c1) {
+  bwd_chunk<double>(x, dy, A, dx, dA, dc, C, HW, c0, c1);
+}
+
+template <typename T>
+void fwd(const T* x, const T* A, const T* c, T* y, int64_t B, int64_t C, int64_t HW, int nt) {
+  const int64_t nq = (HW + kTile - 1) / kTile;
+#pragma omp parallel for num_threads(nt) schedule(static)
+  for (int64_t t = 0; t < B * nq; ++t) {
+    const int64_t n = t / nq, p0 = (t % nq) * kTile, np = std::min(kTile, HW - p0);
+    const int64_t off = n * C * HW + p0;
+    fwd_tile_any(x + off, A, c, y + off, C, HW, np);
+  }
+}
+
+template <typename T>
+void bwd(const T* x, const T* dy, const T* A, T* dx, T* dA_part, T* dc_part, int64_t B, int64_t C, int64_t HW,
+         int64_t chunk, int nt) {
+  const int64_t nq = (HW + chunk - 1) / chunk;
+#pragma omp parallel for num_threads(nt) schedule(static)
+  for (int64_t k = 0; k < B * nq; ++k) {
+    const int64_t n = k / nq, c0 = (k % nq) * chunk, c1 = std::min(c0 + chunk, HW), off = n * C * HW;
+    bwd_chunk_any(x + off, dy + off, A, dx + off, dA_part + k * C * C, dc_part + k * C, C, HW, c0, c1);
+  }
+}
+
+}  // namespace
+
+int channel_affine_fwd(int dtype, const void* x, const void* A, const void* c, void* y, int64_t B, int64_t C,
+                       int64_t HW, int nt) {
+  if (dtype == kF32)
+    fwd<float>((const float*)x, (const float*)A, (const float*)c, (float*)y, B, C, HW, nt);
+  else if (dtype == kF64)
+    fwd<double>((const double*)x, (const double*)A, (const double*)c, (double*)y, B, C, HW, nt);
+  else
+    return 1;
+  return 0;
+}
+
+int channel_affine_bwd(int dtype, const void* x, const void* dy, const void* A, void* dx, void* dA_part,
+                       void* dc_part, int64_t B, int64_t C, int64_t HW, int64_t chunk, int nt) {
+  if (chunk <= 0) return 2;
+  if (dtype == kF32)
+    bwd<float>((const float*)x, (const float*)dy, (const float*)A, (float*)dx, (float*)dA_part, (float*)dc_part, B,
+               C, HW, chunk, nt);
+  else if (dtype == kF64)
+    bwd<double>((const double*)x, (const double*)dy, (const double*)A, (double*)dx, (double*)dA_part,
+                (double*)dc_part, B, C, HW, chunk, nt);
+  else
+    return 1;
+  return 0;
+}
+
+}  // namespace cpu
+}  // namespace flowkern

@@ -1,0 +1,58 @@
+// Helpers that let gcc/clang vectorise the CPU kernels portably.
+//
+// FK_CLONES: build a function twice, for x86-64-v3 (AVX2 + FMA) and for the baseline, and pick one at load time
+// (ifunc). A build thus runs everywhere (no -march=native, no SIGILL on older CPUs) and is fast on newer ones.
+//
+// exp_nonpos / log1p_unit: branch-free float exp on (-inf, 0] and log1p on [0, 1], written as plain arithmetic so
+// `#pragma omp simd` loops that use them vectorise (glibc's vector libm needs -ffast-math, which we avoid).
+// Max error is a few float ulps; the double overloads defer to libm (double is for tests).
+#pragma once
+#include <cmath>
+#include <cstdint>
+
+#if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__)
+#define FK_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#else
+#define FK_CLONES
+#endif
+#define FK_INLINE __attribute__((always_inline)) inline
+
+namespace flowkern {
+namespace cpu {
+
+FK_INLINE float exp_nonpos(float x) {
+  x = x < -87.0f ? -87.0f : x;  // below that, exp underflows; 2^-126 scale stays a normal float
+  // x = n ln2 + r, |r| <= ln2/2; n rounded with the 1.5*2^23 trick (vectorises without SSE4.1's roundps)
+  const float t = x * 1.44269504088896341f + 12582912.0f;
+  const float n = t - 12582912.0f;
+  const float r = (x - n * 0.693359375f) - n * -2.12194440e-4f;
+  float p = 1.9875691500e-4f;  // Cephes expf minimax polynomial
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;  // 2^n
+  return p * __builtin_bit_cast(float, bits);
+}
+
+FK_INLINE float log1p_unit(float t) {
+  // log(1 + t) = 2 atanh(z), z = t / (2 + t) in [0, 1/3]: an odd series in z, exact to float rounding
+  const float z = t / (2.0f + t), z2 = z * z;
+  float q = 1.0f / 15.0f;
+  q = q * z2 + 1.0f / 13.0f;
+  q = q * z2 + 1.0f / 11.0f;
+  q = q * z2 + 1.0f / 9.0f;
+  q = q * z2 + 1.0f / 7.0f;
+  q = q * z2 + 1.0f / 5.0f;
+  q = q * z2 + 1.0f / 3.0f;
+  q = q * z2 + 1.0f;
+  return 2.0f * z * q;
+}
+
+FK_INLINE double exp_nonpos(double x) { return std::exp(x); }
+FK_INLINE double log1p_unit(double t) { return std::log1p(t); }
+
+}  // namespace cpu
+}  // namespace flowkern

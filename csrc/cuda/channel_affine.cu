@@ -1,0 +1,311 @@
+// channel_affine: y = A x + c over the channels of every pixel (ActNorm folded into the invertible 1x1 conv),
+// and its backward dx = A^T dy with deterministic per-chunk partials of dA = dy x^T and dc = sum dy.
+// See ../kernels.h for the contract.
+//
+// Both kernels stage A (C x C, accumulator type) in dynamic shared memory and stream [C][TP] pixel tiles of
+// one sample through it. Tile loads are coalesced along pixels; in the matrix loops a warp covers 32
+// consecutive pixels of one output channel, so A[i][j] is a shared-memory broadcast and the stores are
+// coalesced. Each thread keeps a small register tile of outputs (rows x pixels) so one shared load of A or x
+// feeds several FMAs. No atomics: every output element has exactly one writer and a fixed summation order.
+#include <algorithm>
+#include <climits>
+
+#include "cuda/common.cuh"
+#include "cuda/cuda_ops.h"
+
+namespace flowkern {
+namespace cuda {
+namespace {
+
+using namespace detail;
+
+constexpr int kThreads = 256;
+
+// Pixels per tile. Chosen so that A plus the tiles fit at C = 128: float fwd 96.5 KiB, bwd 97 KiB (inside the
+// 99 KiB opt-in limit of sm_86/89/120 too); double fwd 161 KiB, bwd 162 KiB (inside sm_80's 163 KiB).
+template <typename Acc> struct AffineTiles;
+template <> struct AffineTiles<float> { static constexpr int kFwd = 64, kBwd = 32; };
+template <> struct AffineTiles<double> { static constexpr int kFwd = 32, kBwd = 16; };
+
+// Thread layout of the matrix loops over a TP-pixel tile: kLanes consecutive threads take consecutive pixels
+// (kPP pixels each, kLanes apart), and the kGroups groups of them take interleaved channels.
+template <int TP> struct PixelLayout {
+  static constexpr int kLanes = TP < 32 ? TP : 32;
+  static constexpr int kPP = TP / kLanes;
+  static constexpr int kGroups = kThreads / kLanes;
+  static_assert(TP % kLanes == 0 && kThreads % kLanes == 0, "tile width must be a power of two");
+};
+
+// MT = channel bucket: the kernels are instantiated for C <= 16 * MT, MT in {1, 2, 4, 8}, so the register
+// tiles are sized to C without wasting work on small C. The __launch_bounds__ minimum block counts give ptxas
+// a register budget per bucket (without one, sm_90 ptxas squeezed the small kernels into 32 registers and
+// spilled); the bwd MT = 8 kernel keeps a 64-entry dA tile in registers and gets the full 255.
+inline int channel_bucket(int64_t C) { return C <= 16 ? 1 : C <= 32 ? 2 : C <= 64 ? 4 : 8; }
+
+// ---------------------------------------------------------------------------------------------------------
+// Forward. Grid (ceil(HW/TP), min(B, 65535)): block = one pixel tile of one sample (loops over samples when
+// B > 65535). Shared memory: A [C][C], c [C], x tile [C][TP].
+template <typename T, int TP, int MT>
+__global__ void __launch_bounds__(kThreads, MT <= 2 ? 4 : 2)
+channel_affine_fwd_kernel(const T* __restrict__ x, const acc_t<T>* __restrict__ A, const acc_t<T>* __restrict__ c,
+                          T* __restrict__ y, int C, int64_t HW, int64_t B) {
+  using Acc = acc_t<T>;
+  using L = PixelLayout<TP>;
+  constexpr int kRows = 16 * MT / L::kGroups;  // output channels per thread: covers C <= 16*MT in one pass
+  static_assert(kRows >= 1 && kRows * L::kGroups == 16 * MT, "layout does not cover the channel bucket");
+
+  Acc* As = dynamic_smem<Acc>();  // [C][C]
+  Acc* cs = As + C * C;           // [C]
+  Acc* xs = cs + C;               // [C][TP]
+  const int tid = threadIdx.x;
+  for (int e = tid; e < C * C; e += kThreads) As[e] = A[e];
+  for (int i = tid; i < C; i += kThreads) cs[i] = c != nullptr ? c[i] : Acc(0);
+
+  const int lane = tid % L::kLanes, group = tid / L::kLanes;
+  // Rows past C are clamped to C - 1 (valid memory, result discarded) so the inner loop has no branches.
+  int row[kRows];
+#pragma unroll
+  for (int r = 0; r < kRows; ++r) row[r] = min(group + r * L::kGroups, C - 1);
+
+  const int64_t p0 = (int64_t)blockIdx.x * TP;
+  const int np = (int)min((int64_t)TP, HW - p0);  // valid pixels in this tile (>= 1)
+  for (int64_t n = blockIdx.y; n < B; n += gridDim.y) {
+    const T* xn = x + n * C * HW + p0;
+    T* yn = y + n * C * HW + p0;
+    __syncthreads();  // A, c staged; the previous sample's tile is consumed
+    for (int e = tid; e < C * TP; e += kThreads) {
+      const int j = e / TP, p = e % TP;
+      xs[e] = p < np ? to_acc(xn[(int64_t)j * HW + p]) : Acc(0);
+    }
+    __syncthreads();
+
+    Acc acc[kRows][L::kPP];
+#pragma unroll
+    for (int r = 0; r < kRows; ++r)
+#pragma unroll
+      for (int q = 0; q < L::kPP; ++q) acc[r][q] = cs[row[r]];
+    for (int j = 0; j < C; ++j) {
+      Acc xv[L::kPP];
+#pragma unroll
+      for (int q = 0; q < L::kPP; ++q) xv[q] = xs[j * TP + lane + q * L::kLanes];
+#pragma unroll
+      for (int r = 0; r < kRows; ++r) {
+        const Acc a = As[row[r] * C + j];
+#pragma unroll
+        for (int q = 0; q < L::kPP; ++q) acc[r][q] += a * xv[q];
+      }
+    }
+#pragma unroll
+    for (int r = 0; r < kRows; ++r) {
+      const int i = group + r * L::kGroups;
+      if (i >= C) break;
+#pragma unroll
+      for (int q = 0; q < L::kPP; ++q) {
+        const int p = lane + q * L::kLanes;
+        if (p < np) yn[(int64_t)i * HW + p] = from_acc<T>(acc[r][q]);
+      }
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Backward. Grid (B * nq): block k = chunk (n, q) loops over its pixels in TP-wide tiles. Shared memory:
+// A [C][C], dy tile [C][TP+1], x tile [C][TP+1] (the +1 pad keeps the dA loop, which reads 16 channel rows at
+// one pixel, free of bank conflicts).
+template <typename T, int TP, int MT>
+__global__ void __launch_bounds__(kThreads, MT <= 2 ? 4 : MT == 4 ? 2 : 1)
+channel_affine_bwd_kernel(const T* __restrict__ x, const T* __restrict__ dy, const acc_t<T>* __restrict__ A,
+                          T* __restrict__ dx, acc_t<T>* __restrict__ dA_part, acc_t<T>* __restrict__ dc_part,
+                          int C, int64_t HW, int64_t chunk, int64_t nq) {
+  using Acc = acc_t<T>;
+  using L = PixelLayout<TP>;
+  constexpr int kPitch = TP + 1;
+  constexpr int kCols = 16 * MT / L::kGroups;  // dx channels per thread: covers C <= 16*MT in one pass
+  static_assert(kCols >= 1 && kCols * L::kGroups == 16 * MT, "layout does not cover the channel bucket");
+  static_assert(kThreads == 256, "the dA micro-tiles assume a 16 x 16 thread grid");
+
+  Acc* As = dynamic_smem<Acc>();  // [C][C]
+  Acc* dys = As + C * C;          // [C][kPitch]
+  Acc* xs = dys + C * kPitch;     // [C][kPitch]
+  const int tid = threadIdx.x;
+  for (int e = tid; e < C * C; e += kThreads) As[e] = A[e];
+
+  const int64_t k = blockIdx.x;
+  const int64_t n = k / nq, q = k - n * nq;
+  const int64_t pbeg = q * chunk, pend = min(pbeg + chunk, HW);
+  const T* xn = x + n * C * HW;
+  const T* dyn = dy + n * C * HW;
+  T* dxn = dx + n * C * HW;
+
+  // dx: kLanes threads over pixels, groups over interleaved input channels j (clamped like the forward).
+  const int lane = tid % L::kLanes, group = tid / L::kLanes;
+  int col[kCols];
+#pragma unroll
+  for (int r = 0; r < kCols; ++r) col[r] = min(group + r * L::kGroups, C - 1);
+
+  // dA: a 16 x 16 thread grid; thread (ti, tj) owns entries (ti + 16a, tj + 16b), a, b < MT.
+  const int ti = tid / 16, tj = tid % 16;
+  int irow[MT], jrow[MT];
+#pragma unroll
+  for (int a = 0; a < MT; ++a) {
+    irow[a] = min(ti + 16 * a, C - 1);
+    jrow[a] = min(tj + 16 * a, C - 1);
+  }
+  Acc dA[MT][MT];
+#pragma unroll
+  for (int a = 0; a < MT; ++a)
+#pragma unroll
+    for (int b = 0; b < MT; ++b) dA[a][b] = Acc(0);
+  Acc dc = Acc(0);  // thread i < C owns dc[i]
+
+  for (int64_t p0 = pbeg; p0 < pend; p0 += TP) {
+    const int np = (int)min((int64_t)TP, pend - p0);  // valid pixels in this tile (>= 1)
+    __syncthreads();  // A staged (first tile); the previous tile is consumed
+    for (int e = tid; e < C * TP; e += kThreads) {
+      const int ch = e / TP, p = e % TP;
+      const int64_t off = (int64_t)ch * HW + p0 + p;
+      const bool ok = p < np;
+      dys[ch * kPitch + p] = ok ? to_acc(dyn[off]) : Acc(0);
+      xs[ch * kPitch + p] = ok ? to_acc(xn[off]) : Acc(0);
+    }
+    __syncthreads();
+
+    // dx[j][p] = sum_i A[i][j] dy[i][p]
+    {
+      Acc acc[kCols][L::kPP];
+#pragma unroll
+      for (int r = 0; r < kCols; ++r)
+#pragma unroll
+        for (int u = 0; u < L::kPP; ++u) acc[r][u] = Acc(0);
+      for (int i = 0; i < C; ++i) {
+        Acc dv[L::kPP];
+#pragma unroll
+        for (int u = 0; u < L::kPP; ++u) dv[u] = dys[i * kPitch + lane + u * L::kLanes];
+#pragma unroll
+        for (int r = 0; r < kCols; ++r) {
+          const Acc a = As[i * C + col[r]];
+#pragma unroll
+          for (int u = 0; u < L::kPP; ++u) acc[r][u] += a * dv[u];
+        }
+      }
+#pragma unroll
+      for (int r = 0; r < kCols; ++r) {
+        const int j = group + r * L::kGroups;
+        if (j >= C) break;
+#pragma unroll
+        for (int u = 0; u < L::kPP; ++u) {
+          const int p = lane + u * L::kLanes;
+          if (p < np) dxn[(int64_t)j * HW + p0 + p] = from_acc<T>(acc[r][u]);
+        }
+      }
+    }
+
+    // dA[i][j] += sum_p dy[i][p] x[j][p]; dc[i] += sum_p dy[i][p] (fixed order: pixel by pixel)
+    for (int p = 0; p < np; ++p) {
+      Acc dv[MT], xv[MT];
+#pragma unroll
+      for (int a = 0; a < MT; ++a) {
+        dv[a] = dys[irow[a] * kPitch + p];
+        xv[a] = xs[jrow[a] * kPitch + p];
+      }
+#pragma unroll
+      for (int a = 0; a < MT; ++a)
+#pragma unroll
+        for (int b = 0; b < MT; ++b) dA[a][b] += dv[a] * xv[b];
+    }
+    if (tid < C)
+      for (int p = 0; p < np; ++p) dc += dys[tid * kPitch + p];
+  }
+
+  Acc* dA_k = dA_part + k * C * C;
+#pragma unroll
+  for (int a = 0; a < MT; ++a) {
+    const int i = ti + 16 * a;
+#pragma unroll
+    for (int b = 0; b < MT; ++b) {
+      const int j = tj + 16 * b;
+      if (i < C && j < C) dA_k[i * C + j] = dA[a][b];
+    }
+  }
+  if (tid < C) dc_part[k * C + tid] = dc;
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Launchers.
+
+template <typename T, int TP>
+auto fwd_kernel_for(int mt) {
+  switch (mt) {
+    case 1: return channel_affine_fwd_kernel<T, TP, 1>;
+    case 2: return channel_affine_fwd_kernel<T, TP, 2>;
+    case 4: return channel_affine_fwd_kernel<T, TP, 4>;
+    default: return channel_affine_fwd_kernel<T, TP, 8>;
+  }
+}
+
+template <typename T, int TP>
+auto bwd_kernel_for(int mt) {
+  switch (mt) {
+    case 1: return channel_affine_bwd_kernel<T, TP, 1>;
+    case 2: return channel_affine_bwd_kernel<T, TP, 2>;
+    case 4: return channel_affine_bwd_kernel<T, TP, 4>;
+    default: return channel_affine_bwd_kernel<T, TP, 8>;
+  }
+}
+
+template <typename T>
+int launch_fwd(const void* x, const void* A, const void* c, void* y, int64_t B, int64_t C, int64_t HW,
+               cudaStream_t stream) {
+  using Acc = acc_t<T>;
+  constexpr int TP = AffineTiles<Acc>::kFwd;
+  if (B == 0 || HW == 0) return (int)cudaSuccess;
+  const auto kernel = fwd_kernel_for<T, TP>(channel_bucket(C));
+  const size_t smem = sizeof(Acc) * (size_t)(C * C + C + C * TP);
+  const cudaError_t err = allow_dynamic_smem(kernel, smem);
+  if (err != cudaSuccess) return (int)err;
+  const dim3 grid((unsigned)ceil_div(HW, TP), (unsigned)std::min<int64_t>(B, 65535));
+  kernel<<<grid, kThreads, smem, stream>>>(static_cast<const T*>(x), static_cast<const Acc*>(A),
+                                           static_cast<const Acc*>(c), static_cast<T*>(y), (int)C, HW, B);
+  return (int)cudaGetLastError();
+}
+
+template <typename T>
+int launch_bwd(const void* x, const void* dy, const void* A, void* dx, void* dA_part, void* dc_part, int64_t B,
+               int64_t C, int64_t HW, int64_t chunk, cudaStream_t stream) {
+  using Acc = acc_t<T>;
+  constexpr int TP = AffineTiles<Acc>::kBwd;
+  if (B == 0 || HW == 0) return (int)cudaSuccess;
+  const int64_t nq = ceil_div(HW, chunk);
+  if (B * nq > INT_MAX) return (int)cudaErrorInvalidValue;  // one block per chunk, 1-D grid
+  const auto kernel = bwd_kernel_for<T, TP>(channel_bucket(C));
+  const size_t smem = sizeof(Acc) * (size_t)(C * C + 2 * C * (TP + 1));
+  const cudaError_t err = allow_dynamic_smem(kernel, smem);
+  if (err != cudaSuccess) return (int)err;
+  kernel<<<(unsigned)(B * nq), kThreads, smem, stream>>>(
+      static_cast<const T*>(x), static_cast<const T*>(dy), static_cast<const Acc*>(A), static_cast<T*>(dx),
+      static_cast<Acc*>(dA_part), static_cast<Acc*>(dc_part), (int)C, HW, chunk, nq);
+  return (int)cudaGetLastError();
+}
+
+}  // namespace
+
+int channel_affine_fwd(int dtype, const void* x, const void* A, const void* c, void* y, int64_t B, int64_t C,
+                       int64_t HW, uintptr_t stream) {
+  if (C < 1 || C > max_channels() || B < 0 || HW < 0) return (int)cudaErrorInvalidValue;
+  return dispatch_dtype(dtype, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    return launch_fwd<T>(x, A, c, y, B, C, HW, as_stream(stream));
+  });
+}
+
+int channel_affine_bwd(int dtype, const void* x, const void* dy, const void* A, void* dx, void* dA_part,
+                       void* dc_part, int64_t B, int64_t C, int64_t HW, int64_t chunk, uintptr_t stream) {
+  if (C < 1 || C > max_channels() || B < 0 || HW < 0 || chunk < 1) return (int)cudaErrorInvalidValue;
+  return dispatch_dtype(dtype, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    return launch_bwd<T>(x, dy, A, dx, dA_part, dc_part, B, C, HW, chunk, as_stream(stream));
+  });
+}
+
+}  // namespace cuda
+}  // namespace flowkern

@@ -1,0 +1,189 @@
+"""ActNorm + invertible 1x1 convolution as one fused per-pixel affine map.
+
+    actnorm_invconv(x, s, b, W) = W diag(s) (x + b)   per pixel,   logdet = H*W*(sum log|s| + log|det W|)
+
+is computed as channel_affine(x, A, c) with A = W diag(s) and c = A b (the C x C algebra stays in torch, so
+autograd gives ds, db, dW from the kernel's dA, dc). One read of x and one write of y per pass; the backward
+reads x and dy once, writes dx once and reduces dA = sum dy x^T deterministically (per-chunk partials).
+Inverse: x = A^-1 y - b.
+
+Naming: channel_affine (fused op, dispatched) / channel_affine_ref (pure torch), and the same for
+actnorm_invconv, actnorm_invconv_inverse.
+"""
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from flowkern import _ext
+from flowkern.ops import _common as K
+
+
+# ---------------------------------------------------------------------------------------------- references
+def channel_affine_ref(x: Tensor, A: Tensor, c: Optional[Tensor] = None) -> Tensor:
+    """y[n, i, p] = c[i] + sum_j A[i, j] x[n, j, p]; x (B, C, H, W), A (C, C), c (C,) or None."""
+    return F.conv2d(x, A.to(x.dtype)[:, :, None, None], None if c is None else c.to(x.dtype))
+
+
+def actnorm_invconv_ref(x: Tensor, s: Tensor, b: Tensor, W: Tensor) -> Tuple[Tensor, Tensor]:
+    """The unfused reference: ActNorm (x + b) * s, then the 1x1 conv W. Returns (y, logdet (B,))."""
+    h = (x + b.view(1, -1, 1, 1)) * s.view(1, -1, 1, 1)
+    y = F.conv2d(h, W[:, :, None, None])
+    return y, _logdet(x, s, W)
+
+
+def _logdet(x: Tensor, s: Tensor, W: Tensor, logdet_w: Optional[Tensor] = None) -> Tensor:
+    if logdet_w is None:  # float64 slogdet: stable for ill-conditioned W
+        logdet_w = torch.linalg.slogdet(W.double())[1]
+    hw = x.shape[2] * x.shape[3]
+    ld = hw * (torch.log(torch.abs(s)).sum() + logdet_w.to(s.dtype))
+    return ld.to(K.acc_dtype(x.dtype)).expand(x.shape[0])
+
+
+# ---------------------------------------------------------------------------------------------- custom ops
+@torch.library.custom_op("flowkern::channel_affine", mutates_args=())
+def _channel_affine_op(x: Tensor, A: Tensor, c: Optional[Tensor], backend: str) -> Tensor:
+    B, C, H, W = x.shape
+    y = torch.empty_like(x)
+    if y.numel() == 0:
+        return y
+    if backend == "cpu":
+        rc = _ext._C.cpu.channel_affine_fwd(K.code(x.dtype), x.data_ptr(), A.data_ptr(), K.ptr(c), y.data_ptr(),
+                                            B, C, H * W, K.threads())
+        _ext.check(rc, "channel_affine_fwd", "cpu")
+    elif backend == "cuda":
+        with torch.cuda.device(x.device):
+            rc = _ext._C.cuda.channel_affine_fwd(K.code(x.dtype), x.data_ptr(), A.data_ptr(), K.ptr(c),
+                                                 y.data_ptr(), B, C, H * W, K.stream(x))
+        _ext.check(rc, "channel_affine_fwd", "cuda")
+    elif backend == "triton":
+        from flowkern.ops.triton import channel_affine as tk
+        with K.device_guard(x):
+            y = tk.channel_affine_fwd(x, A, c)
+    else:
+        raise ValueError(f"channel_affine: no kernel for backend {backend!r}")
+    return y
+
+
+@_channel_affine_op.register_fake
+def _(x, A, c, backend):
+    return torch.empty_like(x)
+
+
+@torch.library.custom_op("flowkern::channel_affine_bwd", mutates_args=())
+def _channel_affine_bwd_op(x: Tensor, dy: Tensor, A: Tensor, backend: str) -> Tuple[Tensor, Tensor, Tensor]:
+    B, C, H, W = x.shape
+    acc = A.dtype
+    dx = torch.empty_like(x)
+    if x.numel() == 0:
+        return dx, A.new_zeros(C, C), A.new_zeros(C)
+    chunk = K.pixel_chunk(backend, B, H * W)
+    nk = B * K.cdiv(H * W, chunk)
+    if backend in ("cpu", "cuda"):
+        dA_part = torch.empty(nk, C, C, dtype=acc, device=x.device)
+        dc_part = torch.empty(nk, C, dtype=acc, device=x.device)
+        args = (K.code(x.dtype), x.data_ptr(), dy.data_ptr(), A.data_ptr(), dx.data_ptr(), dA_part.data_ptr(),
+                dc_part.data_ptr(), B, C, H * W, chunk)
+        if backend == "cpu":
+            _ext.check(_ext._C.cpu.channel_affine_bwd(*args, K.threads()), "channel_affine_bwd", "cpu")
+        else:
+            with torch.cuda.device(x.device):
+                rc = _ext._C.cuda.channel_affine_bwd(*args, K.stream(x))
+            _ext.check(rc, "channel_affine_bwd", "cuda")
+    elif backend == "triton":
+        from flowkern.ops.triton import channel_affine as tk
+        with K.device_guard(x):
+            dx, dA_part, dc_part = tk.channel_affine_bwd(x, dy, A, chunk)
+    else:
+        raise ValueError(f"channel_affine_bwd: no kernel for backend {backend!r}")
+    # fixed-order sums of the per-chunk partials: deterministic
+    return dx, dA_part.sum(0), dc_part.sum(0)
+
+
+@_channel_affine_bwd_op.register_fake
+def _(x, dy, A, backend):
+    C = x.shape[1]
+    return torch.empty_like(x), A.new_empty(C, C), A.new_empty(C)
+
+
+def _setup_context(ctx, inputs, output):
+    x, A, c, backend = inputs
+    ctx.save_for_backward(x, A)
+    ctx.backend = backend
+    ctx.has_c = c is not None
+
+
+def _backward(ctx, dy):
+    x, A = ctx.saved_tensors
+    dx, dA, dc = _channel_affine_bwd_op(x, dy.contiguous(), A, ctx.backend)
+    return dx, dA, (dc if ctx.has_c else None), None
+
+
+_channel_affine_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+# ---------------------------------------------------------------------------------------------- public API
+def channel_affine(x: Tensor, A: Tensor, c: Optional[Tensor] = None) -> Tensor:
+    """y[n, :, p] = A @ x[n, :, p] + c for every pixel p, on the selected backend.
+
+    x: (B, C, H, W) float32/float64 (float16/bfloat16 on GPU backends); A: (C, C); c: (C,) or None.
+    Non-contiguous or channels_last x is made NCHW-contiguous first; the result is NCHW-contiguous.
+    Differentiable in x, A and c.
+    """
+    K.check_nchw(x, "channel_affine")
+    C = x.shape[1]
+    if A.shape != (C, C):
+        raise ValueError(f"channel_affine: A must have shape ({C}, {C}) for x with {C} channels, "
+                         f"got {tuple(A.shape)}")
+    if c is not None and c.shape != (C,):
+        raise ValueError(f"channel_affine: c must have shape ({C},), got {tuple(c.shape)}")
+    K.check_same_device("channel_affine", x=x, A=A, c=c)
+    backend = K.pick_backend(x, C)
+    if backend == "torch":
+        return channel_affine_ref(x, A, c)
+    acc = K.acc_dtype(x.dtype)
+    return _channel_affine_op(x.contiguous(), A.to(acc).contiguous(),
+                              None if c is None else c.to(acc).contiguous(), backend)
+
+
+def _check_params(op: str, x: Tensor, s: Tensor, b: Tensor, W: Tensor) -> None:
+    K.check_nchw(x, op)
+    C = x.shape[1]
+    for name, t, shape in (("s", s, (C,)), ("b", b, (C,)), ("W", W, (C, C))):
+        if tuple(t.shape) != shape:
+            raise ValueError(f"{op}: {name} must have shape {shape} for x with {C} channels, got {tuple(t.shape)}")
+    K.check_same_device(op, x=x, s=s, b=b, W=W)
+
+
+def actnorm_invconv(x: Tensor, s: Tensor, b: Tensor, W: Tensor,
+                    logdet_w: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+    """Fused ActNorm + invertible 1x1 conv: y = W diag(s) (x + b) per pixel.
+
+    x (B, C, H, W); s, b (C,); W (C, C); logdet_w: log|det W| if already known (LU: sum log|diag U|),
+    else computed with a float64 slogdet. Returns (y, logdet (B,)), logdet = H*W*(sum log|s| + log|det W|).
+    """
+    _check_params("actnorm_invconv", x, s, b, W)
+    if K.pick_backend(x, x.shape[1]) == "torch":
+        y = actnorm_invconv_ref(x, s, b, W)[0]
+    else:
+        A = W * s[None, :]
+        y = channel_affine(x, A, A @ b)
+    return y, _logdet(x, s, W, logdet_w)
+
+
+def actnorm_invconv_inverse(y: Tensor, s: Tensor, b: Tensor, W: Tensor, logdet_w: Optional[Tensor] = None,
+                            W_inv: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+    """Inverse of actnorm_invconv: x = diag(1/s) W^-1 y - b. Returns (x, logdet (B,)) with logdet = -forward's.
+
+    W_inv: W^-1 if already known; else inverted in float64 (stable for ill-conditioned W).
+    """
+    _check_params("actnorm_invconv_inverse", y, s, b, W)
+    if W_inv is None:
+        W_inv = torch.linalg.inv(W.double()).to(W.dtype)
+    A_inv = W_inv / s[:, None]
+    if K.pick_backend(y, y.shape[1]) == "torch":
+        x = channel_affine_ref(y, A_inv) - b.view(1, -1, 1, 1).to(y.dtype)
+    else:
+        x = channel_affine(y, A_inv, -b)
+    return x, -_logdet(y, s, W, logdet_w)

@@ -1,0 +1,291 @@
+"""Reference layers: invertibility, exact logdets (brute-force Jacobian), gradcheck, and Glow's failure modes.
+Each test runs on the pure-torch reference and on the fused CPU kernels (backend 'auto' on CPU)."""
+import pytest
+import torch
+from _helpers import randomize_, rel_err
+
+import flowkern
+from flowkern import (ActNorm2d, AffineCoupling, FlowStep, Glow, InvConv1x1, InvConv1x1LU, Split, Squeeze2d,
+                      TopPrior)
+
+BACKENDS = ["torch", "auto"]
+
+
+def make(name, C, ctx=0):
+    return {
+        "actnorm": lambda: ActNorm2d(C),
+        "invconv": lambda: InvConv1x1(C),
+        "invconv_lu": lambda: InvConv1x1LU(C),
+        "coupling": lambda: AffineCoupling(C, hidden=8, context_channels=ctx),
+        "coupling_additive": lambda: AffineCoupling(C, hidden=8, context_channels=ctx, affine=False),
+        "flowstep": lambda: FlowStep(C, hidden=8, context_channels=ctx),
+        "flowstep_plain": lambda: FlowStep(C, hidden=8, context_channels=ctx, lu=False),
+        "squeeze": lambda: Squeeze2d(),
+        "split": lambda: Split(C, context_channels=ctx),
+        "top": lambda: TopPrior(C, context_channels=ctx),
+    }[name]()
+
+
+MODULES = ["actnorm", "invconv", "invconv_lu", "coupling", "coupling_additive", "flowstep", "flowstep_plain",
+           "squeeze", "split", "top"]
+CONDITIONAL = {"coupling", "coupling_additive", "flowstep", "flowstep_plain", "split", "top"}
+
+
+def build(name, C, dtype, ctx=0):
+    m = randomize_(make(name, C, ctx)).to(dtype).eval()
+    return m
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("name", MODULES)
+@pytest.mark.parametrize("C", [4, 5, 12])
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.float64, 1e-10)])
+def test_inverse_roundtrip(backend, name, C, dtype, tol):
+    flowkern.set_backend(backend)
+    ctx_c = 3 if name in CONDITIONAL else 0
+    m = build(name, C, dtype, ctx_c)
+    x = torch.randn(3, C, 6, 10, dtype=dtype)
+    ctx = torch.randn(3, ctx_c, 6, 10, dtype=dtype) if ctx_c else None
+    y, ld = m(x, ctx)
+    assert y.dtype == dtype and ld.shape == (3,)
+    x2, ld_inv = m.inverse(y, ctx)
+    assert rel_err(x2, x) <= tol
+    # the logdet of the inverse direction is minus the forward's
+    assert torch.allclose(ld_inv, -ld, rtol=tol * 10, atol=tol * 10)
+
+
+def brute_force_logdet(fn, x):
+    jac = torch.autograd.functional.jacobian(lambda v: fn(v.view_as(x)).flatten(), x.flatten())
+    return torch.linalg.slogdet(jac)[1]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("name", MODULES)
+@pytest.mark.parametrize("C", [2, 3, 4])
+def test_logdet_matches_jacobian(backend, name, C):
+    flowkern.set_backend(backend)
+    ctx_c = 2 if name in CONDITIONAL else 0
+    m = build(name, C, torch.float64, ctx_c)
+    x = torch.randn(1, C, 2, 4, dtype=torch.float64)
+    ctx = torch.randn(1, ctx_c, 2, 4, dtype=torch.float64) if ctx_c else None
+    ld = m(x, ctx)[1]
+    expected = brute_force_logdet(lambda v: m(v, ctx)[0], x)
+    assert ld.item() == pytest.approx(expected.item(), abs=1e-9)
+    y = m(x, ctx)[0]
+    ld_inv = m.inverse(y, ctx)[1]
+    expected_inv = brute_force_logdet(lambda v: m.inverse(v, ctx)[0], y.detach())
+    assert ld_inv.item() == pytest.approx(expected_inv.item(), abs=1e-9)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("name", ["actnorm", "invconv", "invconv_lu", "coupling", "coupling_additive",
+                                  "flowstep", "split", "top"])
+def test_gradcheck_float64(backend, name):
+    """Gradients of (y, logdet) w.r.t. the input, the context and every parameter, in float64."""
+    flowkern.set_backend(backend)
+    C, ctx_c = 3, (2 if name in CONDITIONAL else 0)
+    m = build(name, C, torch.float64, ctx_c)
+    params = {k: p.detach().clone().requires_grad_(True) for k, p in m.named_parameters()}
+    keys = list(params)
+    x = torch.randn(2, C, 3, 2, dtype=torch.float64, requires_grad=True)
+    ctx = torch.randn(2, ctx_c, 3, 2, dtype=torch.float64, requires_grad=True) if ctx_c else None
+
+    def fn(x, ctx, *ps):
+        y, ld = torch.func.functional_call(m, dict(zip(keys, ps)), (x, ctx))
+        return y, ld
+
+    assert torch.autograd.gradcheck(fn, (x, ctx, *[params[k] for k in keys]), eps=1e-6, atol=1e-6)
+
+
+def test_actnorm_data_init_gives_zero_mean_unit_variance():
+    m = ActNorm2d(5).train()
+    x = 3.0 + 2.5 * torch.randn(8, 5, 7, 9)
+    y, _ = m(x)
+    assert bool(m.initialized)
+    mean = y.mean(dim=(0, 2, 3))
+    std = y.std(dim=(0, 2, 3), unbiased=False)
+    assert torch.allclose(mean, torch.zeros(5), atol=1e-5)
+    assert torch.allclose(std, torch.ones(5), atol=1e-5)
+    # the second batch does not re-initialise
+    b0 = m.bias.detach().clone()
+    m(torch.randn(8, 5, 7, 9))
+    assert torch.equal(m.bias.detach(), b0)
+
+
+def test_actnorm_zero_variance_channel_is_finite():
+    m = ActNorm2d(3).train()
+    x = torch.randn(4, 3, 5, 5)
+    x[:, 1] = 7.0  # constant channel
+    y, ld = m(x)
+    assert torch.isfinite(y).all() and torch.isfinite(ld).all()
+    assert m.log_scale[1].item() == 0.0  # left at unit scale instead of 1/eps
+    assert torch.allclose(y[:, 1], torch.zeros_like(y[:, 1]))
+
+
+def test_actnorm_init_refuses_non_finite_batch():
+    m = ActNorm2d(2).train()
+    x = torch.randn(2, 2, 3, 3)
+    x[0, 0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="non-finite"):
+        m(x)
+
+
+def test_actnorm_initialized_flag_survives_state_dict():
+    m = ActNorm2d(4).train()
+    m(torch.randn(6, 4, 3, 3) * 5 + 1)
+    sd = m.state_dict()
+    assert "initialized" in sd and bool(sd["initialized"])
+    fresh = ActNorm2d(4).train()
+    fresh.load_state_dict(sd)
+    before = fresh.bias.detach().clone()
+    fresh(torch.randn(6, 4, 3, 3))  # must not re-initialise on this batch
+    assert torch.equal(fresh.bias.detach(), before)
+
+
+def test_glow_checkpoint_roundtrip_weights_only(tmp_path):
+    g = Glow(3, levels=2, steps=2, hidden=8).train()
+    x = torch.rand(4, 3, 8, 8) - 0.5
+    g.log_prob(x)
+    path = tmp_path / "g.pt"
+    torch.save(g.state_dict(), path)
+    g2 = Glow(3, levels=2, steps=2, hidden=8).train()
+    g2.load_state_dict(torch.load(path, weights_only=True))
+    assert g2.image_size == (8, 8)
+    g.eval(), g2.eval()
+    assert torch.allclose(g.log_prob(x), g2.log_prob(x))
+    g2.train()
+    g2.log_prob(torch.randn(4, 3, 8, 8) * 9)  # a loaded model is initialised: no data-dependent re-init
+    g2.eval()
+    assert torch.allclose(g.log_prob(x), g2.log_prob(x))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_plain_invconv_stable_when_ill_conditioned(backend):
+    """A float32 W with condition number ~1e5: logdet and inverse go through float64."""
+    flowkern.set_backend(backend)
+    m = InvConv1x1(6)
+    u, _ = torch.linalg.qr(torch.randn(6, 6, dtype=torch.float64))
+    v, _ = torch.linalg.qr(torch.randn(6, 6, dtype=torch.float64))
+    sv = torch.logspace(0, -5, 6, dtype=torch.float64)
+    with torch.no_grad():
+        m.W.copy_((u * sv) @ v.T)
+    x = torch.randn(2, 6, 4, 4)
+    y, ld = m(x)
+    exact = 16 * torch.linalg.slogdet(m.W.detach().double())[1]
+    assert ld[0].item() == pytest.approx(exact.item(), rel=1e-6)
+    x2, _ = m.inverse(y)
+    assert rel_err(x2.double(), x.double()) < 1e-2  # bounded by cond(W) * eps_f32, not blown up
+
+
+def test_logdet_sign_both_directions():
+    m = ActNorm2d(3).eval()
+    with torch.no_grad():
+        m.log_scale.fill_(torch.log(torch.tensor(2.0)))
+    x = torch.randn(2, 3, 4, 5)
+    y, ld = m(x)
+    assert torch.allclose(y, 2 * x)
+    assert torch.allclose(ld, torch.full((2,), 20 * 3 * torch.log(torch.tensor(2.0)).item()))
+    assert torch.allclose(m.inverse(y)[1], -ld)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("ctx_c", [0, 2])
+def test_glow_encode_decode_exact_and_logdet(backend, ctx_c):
+    flowkern.set_backend(backend)
+    g = randomize_(Glow(2, levels=2, steps=2, hidden=8, context_channels=ctx_c)).double().eval()
+    x = torch.randn(2, 2, 4, 4, dtype=torch.float64)
+    ctx = torch.randn(2, ctx_c, 4, 4, dtype=torch.float64) if ctx_c else None
+    zs, ld = g.encode(x, ctx)
+    assert [tuple(z.shape[1:]) for z in zs] == g.latent_shapes(4, 4) == [(4, 2, 2), (16, 1, 1)]
+    x2, ld_inv = g.decode(zs, ctx)
+    assert rel_err(x2, x) < 1e-10
+    assert torch.allclose(ld_inv, -ld)
+    # logdet of the whole map x -> latents against the brute-force Jacobian (one sample)
+    x1 = x[:1]
+    c1 = None if ctx is None else ctx[:1]
+    expected = brute_force_logdet(lambda v: torch.cat([z.flatten(1) for z in g.encode(v, c1)[0]], 1), x1)
+    assert g.encode(x1, c1)[1].item() == pytest.approx(expected.item(), abs=1e-8)
+    # log_prob = sum log N(latents) + logdet
+    lp = g.log_prob(x, ctx)
+    assert torch.allclose(lp, ld + sum(flowkern.nn.standard_normal_logp(z) for z in zs))
+
+
+def test_glow_sample_temperature_zero_is_deterministic():
+    g = randomize_(Glow(3, levels=2, steps=2, hidden=8)).eval()
+    a = g.sample(2, temperature=0.0, image_size=(8, 8))
+    b = g.sample(2, temperature=0.0, image_size=(8, 8))
+    assert a.shape == (2, 3, 8, 8) and torch.equal(a, b)
+    c = g.sample(2, temperature=0.7, image_size=(8, 8))
+    assert not torch.equal(a, c)
+
+
+def test_glow_odd_channels_and_conditional_sampling():
+    g = randomize_(Glow(1, levels=3, steps=1, hidden=8, context_channels=1), scale=0.01).eval()
+    ctx = torch.randn(2, 1, 16, 16)
+    s = g.sample(2, temperature=0.5, context=ctx)
+    assert s.shape == (2, 1, 16, 16) and torch.isfinite(s).all()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_glow_overfits_tiny_dataset(backend):
+    """A small Glow on 16 fixed 8x8 images: bits/dim must fall by a clear margin within 150 CPU steps."""
+    flowkern.set_backend(backend)
+    torch.manual_seed(1)
+    data = torch.randint(0, 256, (16, 3, 8, 8))
+    pattern = torch.linspace(0, 255, 8).view(1, 1, 1, 8)
+    data = ((data * 0.2 + pattern * 0.8).round()).clamp(0, 255)  # structured, so there is something to learn
+    g = Glow(3, levels=2, steps=4, hidden=32).train()
+    opt = torch.optim.Adam(g.parameters(), lr=2e-3)
+    D = 3 * 8 * 8
+
+    def bpd():
+        g.eval()
+        with torch.no_grad():
+            v = flowkern.bits_per_dim(g.log_prob(flowkern.preprocess(data, noise=False) + 0.5 / 256), D).mean()
+        g.train()
+        return v.item()
+
+    g.log_prob(flowkern.preprocess(data))  # data-dependent init
+    start = bpd()
+    for _ in range(150):
+        loss = -g.log_prob(flowkern.preprocess(data)).mean() / D
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    end = bpd()
+    assert end < start - 1.0, (start, end)
+
+
+@pytest.mark.parametrize("bad,match", [
+    (lambda: ActNorm2d(3)(torch.randn(2, 3, 4)), "4-D"),
+    (lambda: ActNorm2d(3)(torch.randn(2, 4, 4, 4)), "expected 3 channels"),
+    (lambda: InvConv1x1LU(3)(torch.randn(2, 5, 4, 4)), "expected 3 channels"),
+    (lambda: AffineCoupling(1), "at least 2 channels"),
+    (lambda: AffineCoupling(4, 8, context_channels=2)(torch.randn(2, 4, 4, 4)), "context tensor"),
+    (lambda: AffineCoupling(4, 8, context_channels=2)(torch.randn(2, 4, 4, 4), torch.randn(2, 2, 3, 4)),
+     "context must have shape"),
+    (lambda: AffineCoupling(4, 8)(torch.randn(2, 4, 4, 4), torch.randn(2, 2, 4, 4)), "context_channels=0"),
+    (lambda: Squeeze2d()(torch.randn(1, 2, 3, 4)), "even height and width"),
+    (lambda: Glow(3, 2, 1, 8)(torch.randn(1, 3, 6, 6)), "divisible by 4"),
+    (lambda: Glow(3, 2, 1, 8, context_channels=1)(torch.randn(1, 3, 8, 8)), "context must have shape"),
+    (lambda: Glow(3, 2, 1, 8).sample(1), "image_size"),
+    (lambda: flowkern.preprocess(torch.tensor([1.0, float("inf")])), "non-finite"),
+    (lambda: flowkern.preprocess(torch.tensor([300.0])), r"\[0, 255\]"),
+    (lambda: ActNorm2d(3)(torch.zeros(2, 3, 4, 4, dtype=torch.int64)), "floating-point"),
+    (lambda: flowkern.set_backend("gpu"), "unknown flowkern backend"),
+])
+def test_bad_input_raises_clear_error(bad, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        bad()
+
+
+def test_bits_per_dim_and_dequantization():
+    x = torch.randint(0, 256, (2, 3, 4, 4))
+    z = flowkern.preprocess(x, n_bits=5, noise=False)
+    assert z.min() >= -0.5 and z.max() < 0.5
+    assert torch.equal(flowkern.postprocess(z, n_bits=5), (x // 8 * 8).to(torch.uint8))
+    noisy = flowkern.preprocess(x, n_bits=5)
+    assert torch.equal(flowkern.postprocess(noisy, n_bits=5), (x // 8 * 8).to(torch.uint8))
+    # a uniform density on [-0.5, 0.5]^D has log p = 0, so every n-bit bin has probability 2^-(n D): n bits/dim
+    D = 48
+    assert flowkern.bits_per_dim(torch.zeros(2), D, n_bits=5).tolist() == pytest.approx([5.0, 5.0])
