@@ -17,12 +17,13 @@ class Glow(nn.Module):
     learned Gaussian prior p(z2 | z1 [, context]); the top latent gets a learned prior too. Latents are returned
     standardised (Split), so `encode` and `decode` are exact inverses and `log_prob` = sum log N(eps) + logdet.
 
+    reversible=True trains each level's steps with memory-saving reversible backprop (flowkern.reversible).
     context: optional (B, context_channels, H, W) tensor at the input resolution; each level squeezes it along
     with x, so level l's couplings and priors see context_channels * 4^(l+1) channels at their resolution.
     """
 
     def __init__(self, in_channels: int, levels: int, steps: int, hidden: int = 512, affine: bool = True,
-                 lu: bool = True, context_channels: int = 0, learn_priors: bool = True):
+                 lu: bool = True, context_channels: int = 0, learn_priors: bool = True, reversible: bool = False):
         super().__init__()
         if levels < 1 or steps < 1:
             raise ValueError(f"Glow needs levels >= 1 and steps >= 1, got levels={levels}, steps={steps}")
@@ -32,7 +33,8 @@ class Glow(nn.Module):
         c, ctx = in_channels, context_channels
         for level in range(levels):
             c, ctx = c * 4, ctx * 4
-            self.flows.append(FlowSequence(FlowStep(c, hidden, ctx, affine, lu) for _ in range(steps)))
+            self.flows.append(FlowSequence((FlowStep(c, hidden, ctx, affine, lu) for _ in range(steps)),
+                                           reversible=reversible))
             if level < levels - 1:
                 self.splits.append(Split(c, ctx, learn_priors))
                 c = c // 2

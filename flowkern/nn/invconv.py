@@ -81,7 +81,8 @@ class InvConv1x1LU(_InvConvBase):
     def weight(self):
         L = self.lower * self.lower_mask + self.eye
         U = self.upper * self.lower_mask.T + torch.diag(self.sign_s * torch.exp(self.log_s))
-        return self.P @ L @ U
+        with torch.autocast(self.P.device.type, enabled=False):  # W must be exact for the inverse to match
+            return self.P @ L @ U
 
     def logdet_per_pixel(self):
         return self.log_s.sum()

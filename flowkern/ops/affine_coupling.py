@@ -85,30 +85,17 @@ def _launch_fwd_or_inv(name: str, inp: Tensor, h: Tensor, affine: bool, backend:
     return out, ld
 
 
-@torch.library.custom_op("flowkern::coupling_fwd", mutates_args=())
-def _coupling_fwd_op(x: Tensor, h: Tensor, affine: bool, backend: str) -> Tuple[Tensor, Tensor]:
+def _coupling_fwd_impl(x: Tensor, h: Tensor, affine: bool, backend: str) -> Tuple[Tensor, Tensor]:
     return _launch_fwd_or_inv("coupling_fwd", x, h, affine, backend)
 
 
-@torch.library.custom_op("flowkern::coupling_inv", mutates_args=())
-def _coupling_inv_op(y: Tensor, h: Tensor, affine: bool, backend: str) -> Tuple[Tensor, Tensor]:
+def _coupling_inv_impl(y: Tensor, h: Tensor, affine: bool, backend: str) -> Tuple[Tensor, Tensor]:
     x, ld = _launch_fwd_or_inv("coupling_inv", y, h, affine, backend)
     return x, -ld
 
 
-@_coupling_fwd_op.register_fake
-def _(x, h, affine, backend):
-    return torch.empty_like(x), x.new_empty(x.shape[0], dtype=K.acc_dtype(x.dtype))
-
-
-@_coupling_inv_op.register_fake
-def _(y, h, affine, backend):
-    return torch.empty_like(y), y.new_empty(y.shape[0], dtype=K.acc_dtype(y.dtype))
-
-
-@torch.library.custom_op("flowkern::coupling_bwd", mutates_args=())
-def _coupling_bwd_op(y: Tensor, h: Tensor, dy: Tensor, dld: Tensor, affine: bool,
-                     backend: str) -> Tuple[Tensor, Tensor]:
+def _coupling_bwd_impl(y: Tensor, h: Tensor, dy: Tensor, dld: Tensor, affine: bool,
+                       backend: str) -> Tuple[Tensor, Tensor]:
     B, C, H, W = y.shape
     dx, dh = torch.empty_like(y), torch.empty_like(h)
     if y.numel() == 0:
@@ -131,6 +118,22 @@ def _coupling_bwd_op(y: Tensor, h: Tensor, dy: Tensor, dld: Tensor, affine: bool
     return dx, dh
 
 
+# Registered ops: what torch.compile sees (fake impls give shapes; autograd formulas as below).
+_coupling_fwd_op = torch.library.custom_op("flowkern::coupling_fwd", mutates_args=())(_coupling_fwd_impl)
+_coupling_inv_op = torch.library.custom_op("flowkern::coupling_inv", mutates_args=())(_coupling_inv_impl)
+_coupling_bwd_op = torch.library.custom_op("flowkern::coupling_bwd", mutates_args=())(_coupling_bwd_impl)
+
+
+@_coupling_fwd_op.register_fake
+def _(x, h, affine, backend):
+    return torch.empty_like(x), x.new_empty(x.shape[0], dtype=K.acc_dtype(x.dtype))
+
+
+@_coupling_inv_op.register_fake
+def _(y, h, affine, backend):
+    return torch.empty_like(y), y.new_empty(y.shape[0], dtype=K.acc_dtype(y.dtype))
+
+
 @_coupling_bwd_op.register_fake
 def _(y, h, dy, dld, affine, backend):
     return torch.empty_like(y), torch.empty_like(h)
@@ -142,13 +145,10 @@ def _fwd_setup(ctx, inputs, output):
     ctx.affine, ctx.backend = affine, backend
 
 
-def _fwd_backward(ctx, dy, dld):
+def _fwd_backward(ctx, dy, dld, bwd=_coupling_bwd_op):
     y, h = ctx.saved_tensors
-    dx, dh = _coupling_bwd_op(y, h, dy.contiguous(), dld.contiguous(), ctx.affine, ctx.backend)
+    dx, dh = bwd(y, h, dy.contiguous(), dld.contiguous(), ctx.affine, ctx.backend)
     return dx, dh, None, None
-
-
-_coupling_fwd_op.register_autograd(_fwd_backward, setup_context=_fwd_setup)
 
 
 def _inv_setup(ctx, inputs, output):
@@ -173,7 +173,38 @@ def _inv_backward(ctx, dx, dld):
     return dy, torch.cat([-xb_grad, dhs], 1), None, None
 
 
+_coupling_fwd_op.register_autograd(_fwd_backward, setup_context=_fwd_setup)
 _coupling_inv_op.register_autograd(_inv_backward, setup_context=_inv_setup)
+
+
+class _CouplingFwdFn(torch.autograd.Function):
+    """Eager fast path: same impl and backward as the registered op, without custom_op's dispatch cost."""
+
+    @staticmethod
+    def forward(ctx, x, h, affine, backend):
+        out = _coupling_fwd_impl(x, h, affine, backend)
+        _fwd_setup(ctx, (x, h, affine, backend), out)
+        return out
+
+    @staticmethod
+    def backward(ctx, dy, dld):
+        return _fwd_backward(ctx, dy, dld, bwd=_coupling_bwd_impl)
+
+
+class _CouplingInvFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, y, h, affine, backend):
+        out = _coupling_inv_impl(y, h, affine, backend)
+        _inv_setup(ctx, (y, h, affine, backend), out)
+        return out
+
+    @staticmethod
+    def backward(ctx, dx, dld):
+        return _inv_backward(ctx, dx, dld)
+
+
+def _run(fn, op, *args):
+    return op(*args) if torch.compiler.is_compiling() else fn.apply(*args)
 
 
 # ---------------------------------------------------------------------------------------------- public API
@@ -200,7 +231,7 @@ def affine_coupling(x: Tensor, h: Tensor, affine: bool = True) -> Tuple[Tensor, 
     backend = K.pick_backend(x, x.shape[1])
     if backend == "torch":
         return affine_coupling_ref(x, h, affine)
-    return _coupling_fwd_op(x.contiguous(), h.contiguous(), affine, backend)
+    return _run(_CouplingFwdFn, _coupling_fwd_op, x.contiguous(), h.contiguous(), affine, backend)
 
 
 def affine_coupling_inverse(y: Tensor, h: Tensor, affine: bool = True) -> Tuple[Tensor, Tensor]:
@@ -211,4 +242,4 @@ def affine_coupling_inverse(y: Tensor, h: Tensor, affine: bool = True) -> Tuple[
     backend = K.pick_backend(y, y.shape[1])
     if backend == "torch":
         return affine_coupling_inverse_ref(y, h, affine)
-    return _coupling_inv_op(y.contiguous(), h.contiguous(), affine, backend)
+    return _run(_CouplingInvFn, _coupling_inv_op, y.contiguous(), h.contiguous(), affine, backend)

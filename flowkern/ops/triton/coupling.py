@@ -57,8 +57,8 @@ def _coupling_kernel(
     end_a = tl.minimum(start + chunk, na)
     end_b = tl.minimum(start + chunk, nb)
     log_s_acc = tl.zeros([BLOCK], dtype=ACC)
-    for off in range(0, chunk, BLOCK):
-        i = start + off + tl.arange(0, BLOCK)
+    for i0 in range(start, tl.maximum(end_a, end_b), BLOCK):  # stop at the data's end, not the chunk's
+        i = i0 + tl.arange(0, BLOCK)
         # Passthrough: element i of x_a, copied by the program that owns element i of x_b
         # (the grid is widened when Ca > Cb so that every element of x_a has an owner).
         mask_a = i < end_a
@@ -102,6 +102,7 @@ def _coupling(x, h, Ca, affine, chunk, inverse):
     n_prog = max(nk, triton.cdiv(Ca * HW, chunk))
     if B == 0 or n_prog == 0:
         return y, ld_part
+    assert B < 65536, "grid axis 1 is limited to 65535"
     _coupling_kernel[(n_prog, B)](
         x, h, y, ld_part, C, Ca, HW, chunk, nk,
         ACC=acc_tl, AFFINE=affine, INVERSE=inverse, BLOCK=min(BLOCK, triton.next_power_of_2(chunk)),
@@ -175,6 +176,7 @@ def coupling_bwd(y, h, dy, dld, Ca, affine):
     n_prog = triton.cdiv(max(Ca, Cb) * HW, BLOCK)
     if B == 0 or n_prog == 0:
         return dx, dh
+    assert B < 65536, "grid axis 1 is limited to 65535"
     _coupling_bwd_kernel[(n_prog, B)](
         y, h, dy, dld if has_dld else None, dx, dh, C, Ca, HW,
         ACC=acc_tl, AFFINE=affine, HAS_DLD=has_dld, BLOCK=BLOCK,

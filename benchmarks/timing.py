@@ -1,0 +1,73 @@
+"""Timing and environment helpers shared by the benchmarks. Medians after warm-up; on CUDA, triton.testing.do_bench
+(CUDA events, cache flushing) when available; every ratio is computed between timings taken in the same run."""
+import datetime
+import platform
+import statistics
+import subprocess
+import time
+
+import torch
+
+
+def median_time(fn, device: str = "cpu", warmup: int = 3, reps: int = 25, budget_s: float = 2.0) -> float:
+    """Median seconds per call of fn(). Stops early when `budget_s` is spent (but after at least 5 reps)."""
+    if device == "cuda":
+        try:
+            from triton.testing import do_bench
+            return do_bench(fn, warmup=25, rep=100, return_mode="median") / 1e3
+        except ImportError:
+            pass
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    times, start = [], time.perf_counter()
+    for i in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+        if i >= 4 and time.perf_counter() - start > budget_s:
+            break
+    return statistics.median(times)
+
+
+def _sync(device):
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def copy_bandwidth(device: str = "cuda", nbytes: int = 1 << 30) -> float:
+    """Measured device copy bandwidth in bytes/s (bytes read + bytes written), once per run."""
+    src = torch.empty(nbytes // 4, dtype=torch.float32, device=device).uniform_()
+    dst = torch.empty_like(src)
+    t = median_time(lambda: dst.copy_(src), device)
+    return 2 * nbytes / t
+
+
+def environment(device: str) -> dict:
+    env = {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "device": torch.cuda.get_device_name() if device == "cuda" else (platform.processor() or platform.machine()),
+        "cpu_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "python": platform.python_version(),
+    }
+    try:
+        import triton
+        env["triton"] = triton.__version__
+    except ImportError:
+        env["triton"] = None
+    try:
+        env["git_commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                           timeout=10).stdout.strip() or None
+    except OSError:
+        env["git_commit"] = None
+    if device == "cpu":
+        try:
+            with open("/proc/cpuinfo") as f:
+                names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+            env["device"] = f"{names[0]} ({len(names)} cores)" if names else env["device"]
+        except OSError:
+            pass
+    return env

@@ -1,0 +1,142 @@
+"""Memory-saving reversible backprop for chains of invertible steps.
+
+`reversible_forward(steps, x, context)` runs the steps under no_grad and keeps for backward only the chain's output,
+its context and (implicitly) the parameters. Backward walks the steps in reverse: it reconstructs each step's input
+by inverting the step from its output, recomputes that one step with grad enabled, and backpropagates through it.
+So activation memory does not grow with depth; the price is one extra inverse and one extra forward per step in
+backward (the coupling network then runs twice more per step than in forward, vs once more for checkpointing).
+
+Rules:
+- ActNorm's data-dependent init needs the real forward: while any ActNorm in the chain is uninitialised in training
+  mode, the chain runs with plain autograd (so the first training batch costs normal memory), then reversibly.
+- Under torch.no_grad() (inference) there is no reversible machinery at all.
+- Autocast state is recorded in forward and restored for the recomputation, so backward sees the same numerics.
+- Parameter and context gradients are returned through autograd (not accumulated on the side), so
+  DistributedDataParallel's reducer hooks fire as usual.
+- Inverting from outputs accumulates rounding error. `verify=True` keeps every step's true input (costing the
+  memory reversibility saves), measures the reconstruction error per step in backward, stores it in
+  `drift` and raises ReconstructionError past `verify_tol` (max abs error relative to the input's max abs value).
+"""
+from typing import List, Optional, Sequence
+
+import torch
+from torch import nn
+
+
+class ReconstructionError(RuntimeError):
+    """Raised in verify mode when inverting a step from its output drifts too far from the step's true input."""
+
+
+def needs_plain_forward(steps: Sequence[nn.Module]) -> bool:
+    """True while a data-dependent init (ActNorm) is pending in training mode."""
+    for step in steps:
+        for m in step.modules():
+            if getattr(m, "training", False) and getattr(m, "_initialized", True) is False:
+                return True
+    return False
+
+
+class Verify:
+    """Verify-mode record: the true inputs kept in forward and the per-step drift measured in backward."""
+
+    def __init__(self, tol: float):
+        self.tol = tol
+        self.inputs: List[torch.Tensor] = []
+        self.drift: List[float] = []
+
+
+def _autocast_state():
+    states = {}
+    for dev in ("cuda", "cpu"):
+        if torch.is_autocast_enabled(dev):
+            states[dev] = torch.get_autocast_dtype(dev)
+    return states
+
+
+class _ReversibleFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, steps, verify, x, context, *params):
+        ctx.steps, ctx.verify = steps, verify
+        ctx.autocast = _autocast_state()
+        logdet = torch.zeros(x.shape[0], dtype=torch.float64 if x.dtype == torch.float64 else torch.float32,
+                             device=x.device)
+        h = x
+        with torch.no_grad():
+            for step in steps:
+                if verify is not None:
+                    verify.inputs.append(h.detach().clone())
+                h, ld = step(h, context)
+                logdet = logdet + ld
+        ctx.save_for_backward(h, context)
+        ctx.n_params = len(params)
+        return h, logdet
+
+    @staticmethod
+    def backward(ctx, dy, dlogdet):
+        y, context = ctx.saved_tensors
+        steps, verify = ctx.steps, ctx.verify
+        params_of = [[p for p in step.parameters() if p.requires_grad] for step in steps]
+        grads = {}
+        dctx = None
+        ctx_needs_grad = context is not None and ctx.needs_input_grad[3]
+        if verify is not None:
+            verify.drift = [0.0] * len(steps)
+        autocasts = [torch.autocast(dev, dtype=dt) for dev, dt in ctx.autocast.items()]
+        for i in reversed(range(len(steps))):
+            step = steps[i]
+            with torch.no_grad(), _entered(autocasts):
+                x = step.inverse(y, context)[0]
+            if verify is not None:
+                true_x = verify.inputs[i]
+                err = ((x - true_x).abs().max() / true_x.abs().max().clamp_min(1e-30)).item()
+                verify.drift[i] = err
+                if err > verify.tol:
+                    raise ReconstructionError(f"reversible step {i} ({type(step).__name__}): reconstruction error "
+                                              f"{err:.3g} exceeds verify_tol={verify.tol:g}")
+            x = x.detach().requires_grad_(True)
+            c = context.detach().requires_grad_(True) if ctx_needs_grad else context
+            with torch.enable_grad(), _entered(autocasts):
+                y_re, ld = step(x, c)
+            inputs = [x] + ([c] if ctx_needs_grad else []) + params_of[i]
+            # a volume-preserving step (Squeeze2d) returns a constant logdet: differentiate what has a graph
+            outs = [(o, go) for o, go in ((y_re, dy), (ld, dlogdet.to(ld.dtype))) if o.requires_grad]
+            if not outs:  # the step does not depend on x or parameters at all
+                y = x.detach()
+                continue
+            g = torch.autograd.grad([o for o, _ in outs], inputs, [go for _, go in outs], allow_unused=True)
+            dy = g[0]
+            k = 1
+            if ctx_needs_grad:
+                dctx = g[1] if dctx is None else (dctx if g[1] is None else dctx + g[1])
+                k = 2
+            for p, gp in zip(params_of[i], g[k:]):
+                if gp is not None:
+                    grads[p] = gp if p not in grads else grads[p] + gp
+            y = x.detach()
+        all_params = [p for ps in params_of for p in ps]
+        if verify is not None:
+            verify.inputs.clear()
+        return (None, None, dy, dctx) + tuple(grads.get(p) for p in all_params)
+
+
+class _entered:
+    """Enter a list of context managers (autocast per device) together."""
+
+    def __init__(self, managers):
+        self.managers = managers
+
+    def __enter__(self):
+        for m in self.managers:
+            m.__enter__()
+
+    def __exit__(self, *exc):
+        for m in reversed(self.managers):
+            m.__exit__(*exc)
+        return False
+
+
+def reversible_forward(steps: Sequence[nn.Module], x: torch.Tensor, context: Optional[torch.Tensor] = None,
+                       verify: Optional["Verify"] = None):
+    """Run `steps` (each forward(x, context) -> (y, logdet) with an exact inverse) reversibly. Returns (y, logdet)."""
+    params = [p for step in steps for p in step.parameters() if p.requires_grad]
+    return _ReversibleFunction.apply(steps, verify, x, context, *params)
