@@ -56,6 +56,13 @@ def _fwd_bwd(fn, inputs, grads):
     return run
 
 
+def _with_backend(name, fn):
+    def run():
+        with flowkern.use_backend(name):
+            fn()
+    return run
+
+
 def run(device, timer, quick=True, compile_baseline=True, progress=None, bandwidth=None):
     """Yield one result row per (op, shape, pass)."""
     dtype = torch.float32
@@ -68,17 +75,18 @@ def run(device, timer, quick=True, compile_baseline=True, progress=None, bandwid
             compiled = torch.compile(ref, dynamic=False) if compile_baseline else None
             for pass_name, wrap, nbytes in (("fwd", lambda f: _fwd(f, inputs), fwd_bytes),
                                             ("fwd+bwd", lambda f: _fwd_bwd(f, inputs, grads), fb_bytes)):
-                with flowkern.use_backend("torch"):
-                    t_eager = timer(wrap(ref))
-                    t_comp = timer(wrap(compiled)) if compiled is not None else None
+                candidates = {"eager": _with_backend("torch", wrap(ref)), "flowkern": _with_backend("auto", wrap(fused))}
+                if compiled is not None:
+                    candidates["compiled"] = _with_backend("torch", wrap(compiled))
+                t = timer(candidates)
                 with flowkern.use_backend("auto"):
-                    t_fk = timer(wrap(fused))
                     backend = flowkern.backend.resolve(inputs[0])
+                t_fk = t["flowkern"]
                 row = {"bench": "op", "op": op, "shape": "x".join(map(str, shape)), "pass": pass_name,
-                       "backend": backend, "eager_ms": 1e3 * t_eager, "flowkern_ms": 1e3 * t_fk,
-                       "speedup_vs_eager": t_eager / t_fk}
-                if t_comp is not None:
-                    row.update(compiled_ms=1e3 * t_comp, speedup_vs_compiled=t_comp / t_fk)
+                       "backend": backend, "eager_ms": 1e3 * t["eager"], "flowkern_ms": 1e3 * t_fk,
+                       "speedup_vs_eager": t["eager"] / t_fk}
+                if compiled is not None:
+                    row.update(compiled_ms=1e3 * t["compiled"], speedup_vs_compiled=t["compiled"] / t_fk)
                 if device == "cuda":
                     row["flowkern_GBps"] = nbytes / t_fk / 1e9
                     if bandwidth:

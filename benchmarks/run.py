@@ -39,8 +39,10 @@ def main(argv=None):
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     env = timing.environment(device)
     quick = args.suite == "quick"
-    reps = 15 if quick else 50
-    timer = lambda fn: timing.median_time(fn, device, reps=reps, budget_s=1.0 if quick else 5.0)  # noqa: E731
+    rounds = 40 if quick else 200
+
+    def timer(fns):
+        return timing.median_times(fns, device, rounds=rounds, budget_s=3.0 if quick else 20.0)
     bandwidth = timing.copy_bandwidth(device) if device == "cuda" else None
     if bandwidth:
         env["copy_bandwidth_GBps"] = bandwidth / 1e9

@@ -9,26 +9,39 @@ import time
 import torch
 
 
-def median_time(fn, device: str = "cpu", warmup: int = 3, reps: int = 25, budget_s: float = 2.0) -> float:
-    """Median seconds per call of fn(). Stops early when `budget_s` is spent (but after at least 5 reps)."""
+def median_times(fns: dict, device: str = "cpu", warmup: int = 3, rounds: int = 25, budget_s: float = 3.0) -> dict:
+    """Median seconds per call of each fn in `fns` ({name: fn}), timed side by side.
+
+    On CPU the candidates are interleaved (one call of each per round, order rotating), so slow drifts of a shared
+    machine hit all of them alike; medians over the rounds. On CUDA each one goes through triton.testing.do_bench
+    (CUDA events, L2 flush between calls) when available.
+    """
     if device == "cuda":
         try:
             from triton.testing import do_bench
-            return do_bench(fn, warmup=25, rep=100, return_mode="median") / 1e3
+            return {k: do_bench(f, warmup=25, rep=100, return_mode="median") / 1e3 for k, f in fns.items()}
         except ImportError:
             pass
+    names = list(fns)
     for _ in range(warmup):
-        fn()
+        for k in names:
+            fns[k]()
     _sync(device)
-    times, start = [], time.perf_counter()
-    for i in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - t0)
-        if i >= 4 and time.perf_counter() - start > budget_s:
+    times = {k: [] for k in names}
+    start = time.perf_counter()
+    for r in range(rounds):
+        for k in names[r % len(names):] + names[:r % len(names)]:
+            t0 = time.perf_counter()
+            fns[k]()
+            _sync(device)
+            times[k].append(time.perf_counter() - t0)
+        if r >= 4 and time.perf_counter() - start > budget_s:
             break
-    return statistics.median(times)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def median_time(fn, device: str = "cpu", **kw) -> float:
+    return median_times({"f": fn}, device, **kw)["f"]
 
 
 def _sync(device):

@@ -60,6 +60,45 @@ FK_INLINE void affine_tile(const T* in, const T* M, const T* bias, T* out, int64
   if (np_full < np) edge(0, np_full, np);
 }
 
+// dA[i, j] += sum_p dy[i, p] x[j, p] and dc[i] += sum_p dy[i, p] over np pixels (rows strided by HW).
+// A small GEMM: 4 x 2 output blocks with 8-pixel vector accumulators in registers (6 loads per 8 FMAs instead of
+// 2 loads per FMA), one horizontal sum per entry per call. Fixed order: deterministic.
+template <typename T>
+FK_INLINE void accumulate_outer(const T* dy, const T* x, T* dA, T* dc, int64_t C, int64_t HW, int64_t np) {
+  constexpr int64_t IB = 4, JB = 2, V = 8;
+  const int64_t np_full = np - np % V;
+  for (int64_t i = 0; i < C; ++i) {
+    const T* dyi = dy + i * HW;
+    T sum = 0;
+#pragma omp simd reduction(+ : sum)
+    for (int64_t p = 0; p < np; ++p) sum += dyi[p];
+    dc[i] += sum;
+  }
+  for (int64_t i0 = 0; i0 < C; i0 += IB) {
+    const int64_t ni = std::min(IB, C - i0);
+    for (int64_t j0 = 0; j0 < C; j0 += JB) {
+      const int64_t nj = std::min(JB, C - j0);
+      T acc[IB][JB][V] = {};
+      const T* dyr[IB];
+      const T* xr[JB];
+      for (int64_t r = 0; r < IB; ++r) dyr[r] = dy + std::min(i0 + r, C - 1) * HW;  // clamped rows are discarded
+      for (int64_t q = 0; q < JB; ++q) xr[q] = x + std::min(j0 + q, C - 1) * HW;
+      for (int64_t p0 = 0; p0 < np_full; p0 += V)
+        for (int64_t r = 0; r < IB; ++r)
+          for (int64_t q = 0; q < JB; ++q)
+#pragma omp simd
+            for (int64_t v = 0; v < V; ++v) acc[r][q][v] += dyr[r][p0 + v] * xr[q][p0 + v];
+      for (int64_t r = 0; r < ni; ++r)
+        for (int64_t q = 0; q < nj; ++q) {
+          T d = 0;
+          for (int64_t v = 0; v < V; ++v) d += acc[r][q][v];
+          for (int64_t p = np_full; p < np; ++p) d += dyr[r][p] * xr[q][p];
+          dA[(i0 + r) * C + j0 + q] += d;
+        }
+    }
+  }
+}
+
 // One backward chunk (sample n, pixels [c0, c1)): dx = A^T dy, and this chunk's dA and dc partials.
 template <typename T>
 FK_INLINE void bwd_chunk(const T* x, const T* dy, const T* A, T* dx, T* dA, T* dc, int64_t C, int64_t HW,
@@ -71,20 +110,7 @@ FK_INLINE void bwd_chunk(const T* x, const T* dy, const T* A, T* dx, T* dA, T* d
     const T* x_t = x + p0;
     const T* dy_t = dy + p0;
     affine_tile<T>(dy_t, A, nullptr, dx + p0, C, HW, np, /*transposed=*/true);
-    for (int64_t i = 0; i < C; ++i) {
-      const T* dyi = dy_t + i * HW;
-      T s = 0;
-#pragma omp simd reduction(+ : s)
-      for (int64_t p = 0; p < np; ++p) s += dyi[p];
-      dc[i] += s;
-      for (int64_t j = 0; j < C; ++j) {  // dA[i, j] += <dy_i, x_j> over the tile
-        const T* xj = x_t + j * HW;
-        T d = 0;
-#pragma omp simd reduction(+ : d)
-        for (int64_t p = 0; p < np; ++p) d += dyi[p] * xj[p];
-        dA[i * C + j] += d;
-      }
-    }
+    accumulate_outer(dy_t, x_t, dA, dc, C, HW, np);
   }
 }
 

@@ -2,6 +2,7 @@ import torch
 from torch import nn
 
 from flowkern import ops
+from flowkern.ops._common import no_autocast
 from flowkern.nn._checks import check_input
 
 
@@ -81,7 +82,7 @@ class InvConv1x1LU(_InvConvBase):
     def weight(self):
         L = self.lower * self.lower_mask + self.eye
         U = self.upper * self.lower_mask.T + torch.diag(self.sign_s * torch.exp(self.log_s))
-        with torch.autocast(self.P.device.type, enabled=False):  # W must be exact for the inverse to match
+        with no_autocast(L):  # W must be exact for the inverse to match
             return self.P @ L @ U
 
     def logdet_per_pixel(self):

@@ -47,6 +47,17 @@ def device_guard(x: torch.Tensor):
     return torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext()
 
 
+def no_autocast(x: torch.Tensor):
+    """Disable autocast for flow algebra on x's device; free when autocast is off (the common case)."""
+    dev = x.device.type
+    return torch.autocast(dev, enabled=False) if torch.is_autocast_enabled(dev) else contextlib.nullcontext()
+
+
+def needs_grad(*tensors) -> bool:
+    """Whether autograd must record this op (else the eager path skips the autograd.Function entirely)."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
 def threads() -> int:
     return torch.get_num_threads()
 

@@ -203,8 +203,12 @@ class _CouplingInvFn(torch.autograd.Function):
         return _inv_backward(ctx, dx, dld)
 
 
-def _run(fn, op, *args):
-    return op(*args) if torch.compiler.is_compiling() else fn.apply(*args)
+def _run(fn, op, x, h, affine, backend):
+    if torch.compiler.is_compiling():
+        return op(x, h, affine, backend)
+    if K.needs_grad(x, h):
+        return fn.apply(x, h, affine, backend)
+    return (_coupling_fwd_impl if fn is _CouplingFwdFn else _coupling_inv_impl)(x, h, affine, backend)
 
 
 # ---------------------------------------------------------------------------------------------- public API

@@ -23,7 +23,7 @@ from flowkern.ops import _common as K
 # ---------------------------------------------------------------------------------------------- references
 def channel_affine_ref(x: Tensor, A: Tensor, c: Optional[Tensor] = None) -> Tensor:
     """y[n, i, p] = c[i] + sum_j A[i, j] x[n, j, p]; x (B, C, H, W), A (C, C), c (C,) or None."""
-    with torch.autocast(x.device.type, enabled=False):  # flow math stays in x's precision, as in the kernels
+    with K.no_autocast(x):  # flow math stays in x's precision, as in the kernels
         return F.conv2d(x, A.to(x.dtype)[:, :, None, None], None if c is None else c.to(x.dtype))
 
 
@@ -31,7 +31,7 @@ def actnorm_invconv_ref(x: Tensor, s: Tensor, b: Tensor, W: Tensor,
                         logdet_w: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
     """The unfused reference: ActNorm (x + b) * s, then the 1x1 conv W. Returns (y, logdet (B,))."""
     h = (x + b.view(1, -1, 1, 1)) * s.view(1, -1, 1, 1)
-    with torch.autocast(x.device.type, enabled=False):
+    with K.no_autocast(x):
         y = F.conv2d(h, W.to(h.dtype)[:, :, None, None])
     return y, _logdet(x, s, W, logdet_w)
 
@@ -39,9 +39,9 @@ def actnorm_invconv_ref(x: Tensor, s: Tensor, b: Tensor, W: Tensor,
 def _logdet(x: Tensor, s: Tensor, W: Tensor, logdet_w: Optional[Tensor] = None) -> Tensor:
     if logdet_w is None:  # float64 slogdet: stable for ill-conditioned W
         logdet_w = torch.linalg.slogdet(W.double())[1]
-    hw = x.shape[2] * x.shape[3]
-    ld = hw * (torch.log(torch.abs(s)).sum() + logdet_w.to(s.dtype))
-    return ld.to(K.acc_dtype(x.dtype)).expand(x.shape[0])
+    ld = (x.shape[2] * x.shape[3]) * (s.abs().log().sum() + logdet_w)
+    acc = K.acc_dtype(x.dtype)
+    return (ld if ld.dtype == acc else ld.to(acc)).expand(x.shape[0])
 
 
 # ---------------------------------------------------------------------------------------------- custom ops
@@ -147,7 +147,9 @@ class _ChannelAffineFn(torch.autograd.Function):
 def _run(x, A, c, backend):
     if torch.compiler.is_compiling():
         return _channel_affine_op(x, A, c, backend)
-    return _ChannelAffineFn.apply(x, A, c, backend)
+    if K.needs_grad(x, A, c):
+        return _ChannelAffineFn.apply(x, A, c, backend)
+    return _channel_affine_impl(x, A, c, backend)  # inference: no autograd node at all
 
 
 # ---------------------------------------------------------------------------------------------- public API
@@ -169,6 +171,11 @@ def channel_affine(x: Tensor, A: Tensor, c: Optional[Tensor] = None) -> Tensor:
     backend = K.pick_backend(x, C)
     if backend == "torch":
         return channel_affine_ref(x, A, c)
+    return _run_checked(x, A, c, backend)
+
+
+def _run_checked(x, A, c, backend):
+    """Launch on already-validated arguments: NCHW-contiguous data, matrices in the accumulation dtype."""
     acc = K.acc_dtype(x.dtype)
     return _run(x.contiguous(), A.to(acc).contiguous(), None if c is None else c.to(acc).contiguous(), backend)
 
@@ -190,14 +197,13 @@ def actnorm_invconv(x: Tensor, s: Tensor, b: Tensor, W: Tensor,
     else computed with a float64 slogdet. Returns (y, logdet (B,)), logdet = H*W*(sum log|s| + log|det W|).
     """
     _check_params("actnorm_invconv", x, s, b, W)
-    if K.pick_backend(x, x.shape[1]) == "torch":
+    backend = K.pick_backend(x, x.shape[1])
+    if backend == "torch":
         return actnorm_invconv_ref(x, s, b, W, logdet_w)
-    else:
-        A = W * s[None, :]
-        with torch.autocast(x.device.type, enabled=False):  # flow algebra stays fp32 under autocast
-            c = A @ b
-        y = channel_affine(x, A, c)
-    return y, _logdet(x, s, W, logdet_w)
+    A = W * s[None, :]
+    with K.no_autocast(x):  # the flow's algebra stays fp32 under autocast
+        c = A @ b
+    return _run_checked(x, A, c, backend), _logdet(x, s, W, logdet_w)
 
 
 def actnorm_invconv_inverse(y: Tensor, s: Tensor, b: Tensor, W: Tensor, logdet_w: Optional[Tensor] = None,
@@ -210,8 +216,9 @@ def actnorm_invconv_inverse(y: Tensor, s: Tensor, b: Tensor, W: Tensor, logdet_w
     if W_inv is None:
         W_inv = torch.linalg.inv(W.double()).to(W.dtype)
     A_inv = W_inv / s[:, None]
-    if K.pick_backend(y, y.shape[1]) == "torch":
+    backend = K.pick_backend(y, y.shape[1])
+    if backend == "torch":
         x = channel_affine_ref(y, A_inv) - b.view(1, -1, 1, 1).to(y.dtype)
     else:
-        x = channel_affine(y, A_inv, -b)
+        x = _run_checked(y, A_inv, -b, backend)
     return x, -_logdet(y, s, W, logdet_w)
