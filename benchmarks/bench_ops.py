@@ -7,6 +7,7 @@ from flowkern import ops
 
 # (B, C, H, W) grids: the CPU targets of the kernels issue, and the GPU sizes of VideoFlow-like models
 SHAPES = {
+    "smoke": [(2, 6, 5, 7)],
     "cpu": [(16, 12, 32, 32), (4, 48, 16, 16)],
     "cuda": [(32, 12, 32, 32), (32, 24, 32, 32), (32, 48, 16, 16), (32, 96, 16, 16), (32, 24, 64, 64)],
 }
@@ -63,10 +64,14 @@ def _with_backend(name, fn):
     return run
 
 
-def run(device, timer, quick=True, compile_baseline=True, progress=None, bandwidth=None):
+def _shapes(device, suite):
+    return SHAPES["smoke" if suite == "smoke" else ("cuda" if device == "cuda" else "cpu")]
+
+
+def run(device, timer, suite="quick", compile_baseline=True, progress=None, bandwidth=None):
     """Yield one result row per (op, shape, pass)."""
     dtype = torch.float32
-    shapes = SHAPES["cuda" if device == "cuda" else "cpu"]
+    shapes = _shapes(device, suite)
     for op, make in CASES.items():
         for shape in shapes:
             inputs, ref, fused, fwd_bytes, fb_bytes = make(shape, device, dtype)
@@ -96,5 +101,5 @@ def run(device, timer, quick=True, compile_baseline=True, progress=None, bandwid
                 yield row
 
 
-def count(device):
-    return len(CASES) * len(SHAPES["cuda" if device == "cuda" else "cpu"]) * 2
+def count(device, suite):
+    return len(CASES) * len(_shapes(device, suite)) * 2

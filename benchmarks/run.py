@@ -1,7 +1,9 @@
-"""flowkern benchmark suite: `python benchmarks/run.py [--suite quick|full] [--out PATH]`.
+"""flowkern benchmark suite: `python benchmarks/run.py [--suite smoke|quick|full] [--out PATH]`.
 
-Detects the device, runs every benchmark available there with flowkern and its pure-PyTorch baselines side by side,
-shows progress, prints a markdown table, and writes JSON + markdown to benchmarks/results/<device>-<date>.*
+Detects the device and runs every benchmark available there, flowkern and its pure-PyTorch baselines side by side
+in one process: fused ops (vs eager and torch.compile of the reference), FlowStep / Glow-level training steps,
+memory vs depth, memory vs clip length, and the large-image Glow workload. Shows progress (tqdm), prints markdown
+tables, and writes JSON + markdown + PNG plots to benchmarks/results/<device>-<suite>-<date>.*
 """
 import argparse
 import json
@@ -13,63 +15,121 @@ import torch
 from tqdm import tqdm
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # sibling modules, without shadowing flowkern
+import bench_memory  # noqa: E402
+import bench_models  # noqa: E402
 import bench_ops  # noqa: E402
 import timing  # noqa: E402
 
-COLUMNS = ["op", "shape", "pass", "backend", "eager_ms", "compiled_ms", "flowkern_ms", "speedup_vs_eager",
-           "speedup_vs_compiled", "flowkern_GBps", "fraction_of_copy_bw"]
+OP_COLUMNS = ["op", "shape", "pass", "backend", "eager_ms", "compiled_ms", "flowkern_ms", "flowkern_reversible_ms",
+              "speedup_vs_eager", "speedup_vs_compiled", "reversible_overhead", "flowkern_GBps",
+              "fraction_of_copy_bw"]
 
 
-def markdown_table(rows, columns):
+def markdown_table(rows, columns=None):
+    columns = columns or list(dict.fromkeys(k for r in rows for k in r if k != "bench"))
     cols = [c for c in columns if any(c in r for r in rows)]
-    fmt = lambda v: f"{v:.3g}" if isinstance(v, float) else str(v)  # noqa: E731
+    fmt = lambda v: f"{v:.3g}" if isinstance(v, float) else ("" if v is None else str(v))  # noqa: E731
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(fmt(r.get(c, "")) for c in cols) + " |" for r in rows]
+    lines += ["| " + " | ".join(fmt(r.get(c)) for c in cols) + " |" for r in rows]
     return "\n".join(lines)
+
+
+def default_budget(device):
+    if device == "cuda":
+        return torch.cuda.get_device_properties(0).total_memory
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):
+        return 16 * 2**30
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--suite", choices=["quick", "full"], default="quick")
+    p.add_argument("--suite", choices=["smoke", "quick", "full"], default="quick",
+                   help="smoke: tiny sizes (tests); quick: minutes on a 2-core CPU (default); full: for a GPU")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--out", default=None, help="output path without extension (default benchmarks/results/...)")
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile baselines")
+    p.add_argument("--memory-budget", type=float, default=None,
+                   help="GB for the longest-clip estimate (default: the device's memory; host RAM on CPU)")
+    p.add_argument("--only", nargs="*", choices=["ops", "train", "depth", "clip", "large"], default=None)
     args = p.parse_args(argv)
 
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    suite = args.suite
     env = timing.environment(device)
-    quick = args.suite == "quick"
-    rounds = 40 if quick else 200
+    rounds = {"smoke": 3, "quick": 40, "full": 200}[suite]
+    budget_s = {"smoke": 0.2, "quick": 3.0, "full": 20.0}[suite]
 
     def timer(fns):
-        return timing.median_times(fns, device, rounds=rounds, budget_s=3.0 if quick else 20.0)
+        return timing.median_times(fns, device, warmup=1 if suite == "smoke" else 3, rounds=rounds,
+                                   budget_s=budget_s)
+
     bandwidth = timing.copy_bandwidth(device) if device == "cuda" else None
     if bandwidth:
         env["copy_bandwidth_GBps"] = bandwidth / 1e9
+    budget = args.memory_budget * 2**30 if args.memory_budget else default_budget(device)
+    compile_baseline = not args.no_compile and suite != "smoke"
+    want = set(args.only or ["ops", "train", "depth", "clip", "large"])
+    print(f"flowkern benchmarks: {env['device']} | torch {env['torch']} | triton {env['triton']} | suite {suite}",
+          flush=True)
 
-    print(f"flowkern benchmarks: {env['device']} | torch {env['torch']} | triton {env['triton']} | "
-          f"suite {args.suite}", flush=True)
-    rows = []
-    with tqdm(total=bench_ops.count(device), desc="fused ops", unit="case") as bar:
-        rows += list(bench_ops.run(device, timer, quick, not args.no_compile, bar, bandwidth))
-
-    table = markdown_table(rows, COLUMNS)
-    print("\n" + table)
     out = args.out
     if out is None:
-        name = re.sub(r"[^A-Za-z0-9]+", "-", env["device"]).strip("-").lower()
-        out = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
-                           f"{name}-{args.suite}-{env['date'][:10]}")
+        name = re.sub(r"[^A-Za-z0-9]+", "-", env["device"]).strip("-").lower()[:40]
+        out = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", f"{name}-{suite}-{env['date'][:10]}")
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+
+    sections = {}
+    total = (bench_ops.count(device, suite) if "ops" in want else 0) + (
+        bench_models.count(suite) if "train" in want else 0) + len({"depth", "clip", "large"} & want)
+    with tqdm(total=total, desc="benchmarks", unit="case") as bar:
+        if "ops" in want:
+            sections["Fused ops"] = list(bench_ops.run(device, timer, suite, compile_baseline, bar, bandwidth))
+        if "train" in want:
+            sections["Training step (FlowStep / Glow level, VideoFlow-BAIR sizes)"] = list(
+                bench_models.run(device, timer, suite, compile_baseline, bar))
+        if "depth" in want:
+            sections["Memory vs depth (one Glow level)"] = bench_memory.memory_vs_depth(device, suite)
+            bar.update(1)
+        if "clip" in want:
+            sections["Memory vs clip length (per-frame Glow)"] = bench_memory.memory_vs_clip_length(device, suite,
+                                                                                                    budget)
+            bar.update(1)
+        if "large" in want:
+            rows = bench_memory.large_image(device, suite)
+            if rows:
+                sections["Large-image Glow (256x256, batch 8, hidden 256)"] = rows
+            bar.update(1)
+
+    unit = "peak CUDA MB of a training step" if device == "cuda" else "MB saved for backward"
+    plots = []
+    for title, key, fname in (("Memory vs depth (one Glow level)", "K", "depth"),
+                              ("Memory vs clip length (per-frame Glow)", "T", "clip"),
+                              ("Large-image Glow (256x256, batch 8, hidden 256)", "K", "large")):
+        if title in sections and sections[title]:
+            path = f"{out}-{fname}.png"
+            bench_memory.plot(sections[title], path, key, unit if fname != "large" else "GB", f"{title} ({device})")
+            plots.append(os.path.basename(path))
+
+    text = [f"# flowkern benchmarks: {env['device']}", "",
+            f"torch {env['torch']}, triton {env['triton']}, CUDA {env['cuda']}, commit {env['git_commit']}, "
+            f"{env['date']}, suite `{suite}`, {env['cpu_threads']} CPU threads. Times are medians of interleaved "
+            "rounds; speedups = baseline time / flowkern time, measured in the same run. Memory: " + unit + "."]
+    if bandwidth:
+        text.append(f"Measured device copy bandwidth: {bandwidth / 1e9:.0f} GB/s (read + write).")
+    for title, rows in sections.items():
+        text += ["", f"## {title}", "", markdown_table(rows, OP_COLUMNS if title.startswith(("Fused", "Training"))
+                                                       else None)]
+    text += [""] + [f"![{p}]({p})" for p in plots]
+    md = "\n".join(text) + "\n"
+    print("\n" + md)
     with open(out + ".json", "w") as f:
-        json.dump({"environment": env, "suite": args.suite, "results": rows}, f, indent=1)
+        json.dump({"environment": env, "suite": suite, "sections": sections}, f, indent=1)
     with open(out + ".md", "w") as f:
-        f.write(f"# flowkern benchmarks: {env['device']}\n\n"
-                f"torch {env['torch']}, triton {env['triton']}, commit {env['git_commit']}, {env['date']}, "
-                f"suite {args.suite}. Times are medians; speedups = baseline time / flowkern time, same run.\n\n"
-                + table + "\n")
-    print(f"\nwrote {out}.json and {out}.md")
-    return rows
+        f.write(md)
+    print(f"wrote {out}.json, {out}.md" + "".join(f", {p}" for p in plots))
+    return sections
 
 
 if __name__ == "__main__":

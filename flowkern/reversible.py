@@ -84,39 +84,55 @@ class _ReversibleFunction(torch.autograd.Function):
         autocasts = [torch.autocast(dev, dtype=dt) for dev, dt in ctx.autocast.items()]
         for i in reversed(range(len(steps))):
             step = steps[i]
-            with torch.no_grad(), _entered(autocasts):
-                x = step.inverse(y, context)[0]
-            if verify is not None:
-                true_x = verify.inputs[i]
-                err = ((x - true_x).abs().max() / true_x.abs().max().clamp_min(1e-30)).item()
-                verify.drift[i] = err
-                if err > verify.tol:
-                    raise ReconstructionError(f"reversible step {i} ({type(step).__name__}): reconstruction error "
-                                              f"{err:.3g} exceeds verify_tol={verify.tol:g}")
-            x = x.detach().requires_grad_(True)
-            c = context.detach().requires_grad_(True) if ctx_needs_grad else context
-            with torch.enable_grad(), _entered(autocasts):
-                y_re, ld = step(x, c)
-            inputs = [x] + ([c] if ctx_needs_grad else []) + params_of[i]
-            # a volume-preserving step (Squeeze2d) returns a constant logdet: differentiate what has a graph
-            outs = [(o, go) for o, go in ((y_re, dy), (ld, dlogdet.to(ld.dtype))) if o.requires_grad]
-            if not outs:  # the step does not depend on x or parameters at all
-                y = x.detach()
-                continue
-            g = torch.autograd.grad([o for o, _ in outs], inputs, [go for _, go in outs], allow_unused=True)
-            dy = g[0]
-            k = 1
-            if ctx_needs_grad:
-                dctx = g[1] if dctx is None else (dctx if g[1] is None else dctx + g[1])
-                k = 2
-            for p, gp in zip(params_of[i], g[k:]):
+            fast = getattr(step, "reversible_backward", None)
+            if fast is not None:  # the step knows a cheaper backward from its output (FlowStep)
+                with _entered(autocasts):
+                    x, dx, dc, step_grads = fast(y, context, dy, dlogdet, ctx_needs_grad)
+                _check_drift(verify, i, step, x)
+            else:  # generic: invert from the output, recompute the step with grad, backpropagate
+                with torch.no_grad(), _entered(autocasts):
+                    x = step.inverse(y, context)[0]
+                _check_drift(verify, i, step, x)
+                x, dx, dc, step_grads = _recompute_backward(step, x, context, dy, dlogdet, ctx_needs_grad,
+                                                            params_of[i], autocasts)
+            if dc is not None:
+                dctx = dc if dctx is None else dctx + dc
+            for p, gp in step_grads.items():
                 if gp is not None:
                     grads[p] = gp if p not in grads else grads[p] + gp
-            y = x.detach()
+            y, dy = x, dx
         all_params = [p for ps in params_of for p in ps]
         if verify is not None:
             verify.inputs.clear()
         return (None, None, dy, dctx) + tuple(grads.get(p) for p in all_params)
+
+
+def _check_drift(verify, i, step, x):
+    if verify is None:
+        return
+    true_x = verify.inputs[i]
+    err = ((x - true_x).abs().max() / true_x.abs().max().clamp_min(1e-30)).item()
+    verify.drift[i] = err
+    if err > verify.tol:
+        raise ReconstructionError(f"reversible step {i} ({type(step).__name__}): reconstruction error {err:.3g} "
+                                  f"exceeds verify_tol={verify.tol:g}")
+
+
+def _recompute_backward(step, x, context, dy, dlogdet, ctx_needs_grad, params, autocasts):
+    """Generic backward of one step from its reconstructed input: recompute with grad, then autograd.grad."""
+    x = x.detach().requires_grad_(True)
+    c = context.detach().requires_grad_(True) if ctx_needs_grad else context
+    with torch.enable_grad(), _entered(autocasts):
+        y_re, ld = step(x, c)
+    # a volume-preserving step (Squeeze2d) returns a constant logdet: differentiate what has a graph
+    outs = [(o, go) for o, go in ((y_re, dy), (ld, dlogdet.to(ld.dtype))) if o.requires_grad]
+    if not outs:  # the step depends on neither x nor parameters
+        return x.detach(), torch.zeros_like(x), None, {}
+    inputs = [x] + ([c] if ctx_needs_grad else []) + params
+    g = torch.autograd.grad([o for o, _ in outs], inputs, [go for _, go in outs], allow_unused=True)
+    k = 2 if ctx_needs_grad else 1
+    dx = g[0] if g[0] is not None else torch.zeros_like(x)
+    return x.detach(), dx, (g[1] if ctx_needs_grad else None), dict(zip(params, g[k:]))
 
 
 class _entered:

@@ -8,7 +8,8 @@ import torch.multiprocessing as mp
 from _helpers import randomize_
 
 import flowkern
-from flowkern import FlowSequence, FlowStep, Glow, ReconstructionError, Squeeze2d
+from flowkern import (ActNorm2d, AffineCoupling, FlowSequence, FlowStep, Glow, InvConv1x1LU, ReconstructionError,
+                      Squeeze2d)
 from flowkern.utils import saved_tensor_bytes
 
 
@@ -71,8 +72,11 @@ def test_user_sequence_with_squeeze_and_glow_reversible():
         outs.append([lp.detach()] + list(torch.autograd.grad(lp, [x, ctx] + list(g.parameters()))))
     for a, b in zip(*outs):
         assert max_rel_diff(a, b) <= 1e-10
-    seq = randomize_(FlowSequence([Squeeze2d(), FlowStep(8, 8), FlowStep(8, 8)], reversible=True)).double()
-    ref = randomize_(FlowSequence([Squeeze2d(), FlowStep(8, 8), FlowStep(8, 8)])).double()
+    # standalone modules take the generic invert-and-recompute path; FlowStep its own reversible_backward
+    def chain():
+        return [Squeeze2d(), ActNorm2d(8), InvConv1x1LU(8), AffineCoupling(8, 8, context_channels=0), FlowStep(8, 8)]
+    seq = randomize_(FlowSequence(chain(), reversible=True)).double()
+    ref = randomize_(FlowSequence(chain())).double()
     ref.load_state_dict(seq.state_dict())
     x = torch.randn(2, 2, 4, 4, dtype=torch.float64, requires_grad=True)
     R = torch.randn(2, 8, 2, 2, dtype=torch.float64)
