@@ -1,1 +1,5 @@
-"""Video flow models on flowkern (installed as flowkern.models). Models land here issue by issue."""
+"""Video flow models on flowkern (installed as flowkern.models)."""
+from flowkern.models.videoflow import CONFIGS as VIDEOFLOW_CONFIGS
+from flowkern.models.videoflow import VideoFlow, VideoFlowConfig
+
+__all__ = ["VideoFlow", "VideoFlowConfig", "VIDEOFLOW_CONFIGS"]

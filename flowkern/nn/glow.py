@@ -70,14 +70,14 @@ class Glow(nn.Module):
             out.append(context)
         return out
 
-    def encode(self, x, context=None) -> Tuple[List[torch.Tensor], torch.Tensor]:
-        """x (B, C, H, W) -> (latents, logdet): one standardised latent per level (finest first), logdet (B,)
-        of the whole map x -> latents."""
+    def encode_levels(self, x, context=None):
+        """Like encode, also returning hs: hs[l] (l < levels-1) is the half kept at level l's split, i.e. the
+        representation of the higher levels' latents z^(>l) (what VideoFlow's prior of level l conditions on)."""
         self._check(x, context)
         if self.image_size is None:
             self.image_size = (x.shape[2], x.shape[3])
         ctxs = self._level_contexts(context)
-        logdet, zs, h = 0, [], x
+        logdet, zs, hs, h = 0, [], [], x
         for level, (flow, ctx) in enumerate(zip(self.flows, ctxs)):
             h, ld = flow(squeeze2d(h), ctx)
             logdet = logdet + ld
@@ -85,28 +85,39 @@ class Glow(nn.Module):
                 split = self.splits[level]
                 y, ld = split(h, ctx)
                 h, z = y[:, :split.c1], y[:, split.c1:]
+                hs.append(h)
             else:
                 z, ld = self.top(h, ctx)
             zs.append(z)
             logdet = logdet + ld
+        return zs, hs, logdet
+
+    def encode(self, x, context=None) -> Tuple[List[torch.Tensor], torch.Tensor]:
+        """x (B, C, H, W) -> (latents, logdet): one standardised latent per level (finest first), logdet (B,)
+        of the whole map x -> latents."""
+        zs, _, logdet = self.encode_levels(x, context)
         return zs, logdet
+
+    def decode_level(self, level: int, z: torch.Tensor, h: Optional[torch.Tensor] = None, context=None):
+        """Invert one level: from its latent z and (below the top) the kept half h = hs[level], return
+        (the level's input, logdet). Decoding level by level, top first, lets a prior condition each level's
+        latent on the levels above (VideoFlow)."""
+        ctx = self._level_contexts(context)[level] if context is not None else None
+        if level == self.levels - 1:
+            u, logdet = self.top.inverse(z, ctx)
+        else:
+            u, logdet = self.splits[level].inverse(torch.cat([h, z], 1), ctx)
+        u, ld = self.flows[level].inverse(u, ctx)
+        return unsqueeze2d(u), logdet + ld
 
     def decode(self, zs: Sequence[torch.Tensor], context=None) -> Tuple[torch.Tensor, torch.Tensor]:
         """Exact inverse of encode: latents -> (x, logdet of the map latents -> x)."""
         if len(zs) != self.levels:
             raise ValueError(f"Glow.decode: expected {self.levels} latents (one per level), got {len(zs)}")
-        ctxs = self._level_contexts(context)
         logdet, h = 0, None
         for level in reversed(range(self.levels)):
-            ctx = ctxs[level]
-            if level == self.levels - 1:
-                h, ld = self.top.inverse(zs[level], ctx)
-            else:
-                h, ld = self.splits[level].inverse(torch.cat([h, zs[level]], 1), ctx)
+            h, ld = self.decode_level(level, zs[level], h, context)
             logdet = logdet + ld
-            h, ld = self.flows[level].inverse(h, ctx)
-            logdet = logdet + ld
-            h = unsqueeze2d(h)
         return h, logdet
 
     def forward(self, x, context=None):

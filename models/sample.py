@@ -1,0 +1,59 @@
+"""Sample videos from a trained checkpoint: `python -m flowkern.models.sample --checkpoint runs/x/checkpoint.pt`.
+
+Continues held-out clips of the checkpoint's dataset from their first frames (the model's context length), or
+samples unconditionally with --unconditional, and writes GIF + MP4 videos and a PNG grid. The checkpoint is loaded
+with torch.load(..., weights_only=True).
+"""
+import argparse
+import os
+from types import SimpleNamespace
+
+import torch
+
+import flowkern
+from flowkern.models.train import config_from, load_checkpoint, make_datasets
+from flowkern.models.video_io import to_uint8_frames, write_grid, write_video
+from flowkern.models.videoflow import VideoFlow
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m flowkern.models.sample", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--out", default="samples")
+    p.add_argument("--num", type=int, default=4)
+    p.add_argument("--frames", type=int, default=None, help="total frames per video (default: the training clips')")
+    p.add_argument("--temperature", type=float, default=0.7)
+    p.add_argument("--unconditional", action="store_true")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+
+    state = load_checkpoint(args.checkpoint)
+    cfg = config_from(state["config"])
+    model = VideoFlow(cfg)
+    model.load_state_dict(state["model"])
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model.to(device).eval()
+    train_args = SimpleNamespace(**state["args"])
+    frames = args.frames or train_args.frames
+    g = torch.Generator(device=device).manual_seed(args.seed)
+    if args.unconditional:
+        video = model.generate(None, frames, args.temperature, batch_size=args.num, generator=g)
+    else:
+        train_args.frames = frames
+        _, held_out = make_datasets(train_args, cfg)
+        clips = torch.stack([held_out[i] for i in range(min(args.num, len(held_out)))])
+        c = min(cfg.context, frames - 1)
+        context = flowkern.preprocess(clips[:, :c], cfg.n_bits, noise=False).to(device)
+        video = model.generate(context, frames - c, args.temperature, generator=g)
+    out = [to_uint8_frames(v, cfg.n_bits) for v in video]
+    for i, f in enumerate(out):
+        write_video(os.path.join(args.out, f"sample-{i}.gif"), f)
+        write_video(os.path.join(args.out, f"sample-{i}.mp4"), f)
+    import numpy as np
+    write_grid(os.path.join(args.out, "samples-grid.png"), np.stack(out))
+    print(f"wrote {len(out)} videos ({frames} frames, temperature {args.temperature}) to {args.out}")
+
+
+if __name__ == "__main__":
+    main()

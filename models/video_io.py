@@ -1,0 +1,37 @@
+"""Writing videos (GIF / MP4 through imageio + PyAV) and PNG grids of frames."""
+import os
+
+import numpy as np
+import torch
+
+
+def to_uint8_frames(video: torch.Tensor, n_bits: int = 8) -> np.ndarray:
+    """(T, C, H, W) in [-0.5, 0.5] -> (T, H, W, 3) uint8."""
+    import flowkern
+    v = flowkern.postprocess(video.detach().cpu().float(), n_bits)
+    if v.shape[1] == 1:
+        v = v.expand(-1, 3, -1, -1)
+    return v.permute(0, 2, 3, 1).contiguous().numpy()
+
+
+def write_video(path: str, frames: np.ndarray, fps: int = 4) -> None:
+    """frames (T, H, W, 3) uint8 -> GIF or MP4 by the path's extension."""
+    import imageio.v3 as iio
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    if path.lower().endswith(".gif"):
+        iio.imwrite(path, frames, duration=1000 // fps, loop=0)
+    else:
+        iio.imwrite(path, frames, fps=fps, plugin="pyav", codec="libx264")
+
+
+def write_grid(path: str, videos: np.ndarray, pad: int = 2) -> None:
+    """videos (N, T, H, W, 3) uint8 -> one PNG: a row per video, a column per frame."""
+    import imageio.v3 as iio
+    N, T, H, W, C = videos.shape
+    grid = np.full((N * (H + pad) + pad, T * (W + pad) + pad, C), 255, dtype=np.uint8)
+    for i in range(N):
+        for t in range(T):
+            y, x = pad + i * (H + pad), pad + t * (W + pad)
+            grid[y:y + H, x:x + W] = videos[i, t]
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    iio.imwrite(path, grid)

@@ -1,0 +1,283 @@
+"""VideoFlow (Kumar et al., "VideoFlow: A Flow-Based Generative Model for Video", ICLR 2020) on flowkern.
+
+x_t <-> z_t = (z_t^(1), ..., z_t^(L)) by a per-frame multi-scale Glow (reversible backprop by default), and a latent
+autoregressive prior  p(z_t^(l) | z_<t^(l), z_t^(>l)) = N(mu, sigma):
+  a 1x1 conv of h_t^(>l) (the half kept at level l's split, which determines z_t^(>l)) is concatenated to each of
+  the previous n latents of level l; a stack of 3-D residual blocks (2x3x3 convs, causal in time; ReLU; a gated
+  activation unit tanh * sigmoid of 1x1x1 convs; a zero-initialised last conv; parallel branches with spatial
+  dilations 1, 2, 4 as the resolution allows, summed with the block input) runs over that window; its last time
+  step goes through a zero-initialised 1x1 conv to (delta, log sigma), and mean = z_{t-1}^(l) + delta (temporal
+  skip connection).
+Frames with fewer than n previous latents use Glow's split prior p(z^(l) | h^(>l)) (a zero-initialised conv), and
+a learned per-channel prior at the top level.
+
+Memory: the flow is reversible, and the prior network is checkpointed per level and time step, so a training
+step's memory grows with the number of frames by roughly the size of the latents, not of the activations.
+"""
+from dataclasses import asdict, dataclass, field
+from typing import List, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+import torch.utils.checkpoint as ckpt
+from torch import nn
+
+import flowkern
+from flowkern import Glow
+from flowkern.nn import ZeroConv2d
+
+LOG_2PI = 1.8378770664093453
+
+
+@dataclass
+class VideoFlowConfig:
+    in_channels: int = 3
+    image_size: int = 64
+    levels: int = 3
+    steps: int = 24
+    hidden: int = 512  # coupling network channels
+    affine: bool = True
+    prior_blocks: int = 5
+    prior_channels: int = 256  # residual stream of the 3-D prior network
+    prior_hidden: int = 512  # first layer of each residual branch
+    context: int = 3  # n: how many previous latents the prior looks at
+    skip: bool = True  # temporal skip connection mean = z_{t-1} + delta
+    gated: bool = True  # gated activation unit (else ReLU)
+    dilations: Tuple[int, ...] = (1, 2, 4)
+    n_bits: int = 8
+    reversible: bool = True
+    checkpoint_prior: bool = True
+    extra: dict = field(default_factory=dict)
+
+
+CONFIGS = {
+    # the paper's BAIR setting (appendix E.1): L=3, K=24, affine, 512 coupling channels, 5 blocks x 256, n=3
+    "bair": VideoFlowConfig(),
+    # Stochastic Movement: 64x64 shapes; the paper models frame 2 given frame 1 (n=1)
+    "shapes": VideoFlowConfig(levels=3, steps=8, hidden=128, prior_blocks=2, prior_channels=64, prior_hidden=128,
+                              context=1),
+    # CPU tests
+    "tiny": VideoFlowConfig(image_size=16, levels=2, steps=2, hidden=16, prior_blocks=1, prior_channels=8,
+                            prior_hidden=8, context=2),
+}
+
+
+def gaussian_logp(z, mean, logs):
+    """log N(z; mean, exp(logs)^2), summed over all but the first dimension."""
+    return (-0.5 * (LOG_2PI + 2.0 * logs + (z - mean) ** 2 * torch.exp(-2.0 * logs))).flatten(1).sum(1)
+
+
+class _Branch3d(nn.Module):
+    """One dilated branch of a residual block: 2x3x3 conv -> ReLU -> gated unit (1x1x1) -> zero-init 2x3x3 conv."""
+
+    def __init__(self, channels: int, hidden: int, dilation: int, gated: bool):
+        super().__init__()
+        d = dilation
+        self.conv1 = nn.Conv3d(channels, hidden, (2, 3, 3), dilation=(1, d, d), padding=(0, d, d))
+        self.gate_a = nn.Conv3d(hidden, hidden, 1)
+        self.gate_b = nn.Conv3d(hidden, hidden, 1) if gated else None
+        self.conv3 = nn.Conv3d(hidden, channels, (2, 3, 3), dilation=(1, d, d), padding=(0, d, d))
+        for m in (self.conv1, self.gate_a) + ((self.gate_b,) if gated else ()):
+            nn.init.normal_(m.weight, 0.0, 0.05)
+            nn.init.zeros_(m.bias)
+        nn.init.zeros_(self.conv3.weight)  # the block starts as the identity
+        nn.init.zeros_(self.conv3.bias)
+
+    def forward(self, x):
+        causal = (0, 0, 0, 0, 1, 0)  # pad one step in the past: kernel 2 in time sees (t-1, t)
+        h = F.relu(self.conv1(F.pad(x, causal)))
+        h = torch.tanh(self.gate_a(h)) * torch.sigmoid(self.gate_b(h)) if self.gate_b is not None \
+            else F.relu(self.gate_a(h))
+        return self.conv3(F.pad(h, causal))
+
+
+class _ResBlock3d(nn.Module):
+    def __init__(self, channels, hidden, dilations, gated):
+        super().__init__()
+        self.branches = nn.ModuleList(_Branch3d(channels, hidden, d, gated) for d in dilations)
+
+    def forward(self, x):
+        return x + sum(b(x) for b in self.branches)
+
+
+class LatentPrior(nn.Module):
+    """p(z_t | z_{t-n..t-1}, h_t) for one level: (mean, log sigma) of shape (N, C, H, W)."""
+
+    def __init__(self, latent_channels: int, cond_channels: int, size: int, cfg: VideoFlowConfig):
+        super().__init__()
+        self.skip = cfg.skip
+        self.cond = nn.Conv2d(cond_channels, latent_channels, 1) if cond_channels else None
+        in_ch = latent_channels * (2 if cond_channels else 1)
+        dilations = tuple(d for d in cfg.dilations if d < size) or (1,)  # as the resolution allows
+        self.inp = nn.Conv3d(in_ch, cfg.prior_channels, 1)
+        self.blocks = nn.Sequential(*[_ResBlock3d(cfg.prior_channels, cfg.prior_hidden, dilations, cfg.gated)
+                                      for _ in range(cfg.prior_blocks)])
+        self.out = ZeroConv2d(cfg.prior_channels, 2 * latent_channels)
+
+    def forward(self, prev: torch.Tensor, h: Optional[torch.Tensor]):
+        """prev (N, n, C, H, W): the n previous latents, oldest first; h (N, Ch, H, W) or None."""
+        N, n, C, H, W = prev.shape
+        x = prev
+        if self.cond is not None:
+            w = self.cond(h).unsqueeze(1).expand(N, n, C, H, W)
+            x = torch.cat([prev, w], 2)
+        x = self.blocks(self.inp(x.transpose(1, 2)))  # (N, channels, n, H, W)
+        out = self.out(x[:, :, -1])  # the last temporal activation sees the whole window
+        delta, logs = out[:, :C], out[:, C:]
+        return (prev[:, -1] + delta if self.skip else delta), logs
+
+
+class FirstFramePrior(nn.Module):
+    """For frames with fewer than n previous latents: Glow's split prior p(z | h) below the top level, a learned
+    per-channel Gaussian at the top."""
+
+    def __init__(self, latent_channels: int, cond_channels: int):
+        super().__init__()
+        self.conv = ZeroConv2d(cond_channels, 2 * latent_channels) if cond_channels else None
+        if not cond_channels:
+            self.mean = nn.Parameter(torch.zeros(latent_channels))
+            self.logs = nn.Parameter(torch.zeros(latent_channels))
+
+    def forward(self, shape: Tuple[int, ...], h: Optional[torch.Tensor]):
+        """(mean, logs) for latents of `shape` (N, C, H, W)."""
+        if self.conv is not None:
+            out = self.conv(h)
+            c = out.shape[1] // 2
+            return out[:, :c], out[:, c:]
+        return self.mean.view(1, -1, 1, 1).expand(shape), self.logs.view(1, -1, 1, 1).expand(shape)
+
+
+class VideoFlow(nn.Module):
+    def __init__(self, cfg: VideoFlowConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.glow = Glow(cfg.in_channels, cfg.levels, cfg.steps, cfg.hidden, affine=cfg.affine, learn_priors=False,
+                         reversible=cfg.reversible)
+        shapes = self.glow.latent_shapes(cfg.image_size, cfg.image_size)
+        self.latent_shapes = shapes
+        self.priors = nn.ModuleList()
+        self.first_priors = nn.ModuleList()
+        for level, (c, h, w) in enumerate(shapes):
+            cond = self.glow.splits[level].c1 if level < cfg.levels - 1 else 0
+            self.priors.append(LatentPrior(c, cond, h, cfg))
+            self.first_priors.append(FirstFramePrior(c, cond))
+
+    @property
+    def frame_dims(self) -> int:
+        return self.cfg.in_channels * self.cfg.image_size ** 2
+
+    def _check(self, video):
+        cfg = self.cfg
+        want = (cfg.in_channels, cfg.image_size, cfg.image_size)
+        if video.dim() != 5 or tuple(video.shape[2:]) != want:
+            raise ValueError(f"VideoFlow: expected a video of shape (B, T, {want[0]}, {want[1]}, {want[2]}), "
+                             f"got {tuple(video.shape)}")
+
+    # ---------------------------------------------------------------------------------------------- likelihood
+    def _level_prior(self, level: int, z: torch.Tensor, h: Optional[torch.Tensor]):
+        """(mean, logs) for every frame of level `level`; z (B, T, C, H, W), h (B, T, Ch, H, W) or None."""
+        B, T = z.shape[:2]
+        n = self.cfg.context
+        means, logss = [], []
+        first = min(n, T)
+        if first:  # frames without n previous latents
+            m, s = self.first_priors[level](z[:, :first].flatten(0, 1).shape,
+                                            None if h is None else h[:, :first].flatten(0, 1))
+            means.append(m.reshape(z[:, :first].shape))
+            logss.append(s.reshape(z[:, :first].shape))
+        prior = self.priors[level]
+        for t in range(n, T):  # one checkpointed prior call per frame: peak memory ~ one frame's activations
+            args = (z[:, t - n:t], None if h is None else h[:, t])
+            if self.cfg.checkpoint_prior and torch.is_grad_enabled():
+                m, s = ckpt.checkpoint(prior, *args, use_reentrant=False)
+            else:
+                m, s = prior(*args)
+            means.append(m.unsqueeze(1))
+            logss.append(s.unsqueeze(1))
+        return torch.cat(means, 1), torch.cat(logss, 1)
+
+    def log_prob_frames(self, video: torch.Tensor) -> torch.Tensor:
+        """log p(x_t | x_<t) in nats for every frame: (B, T). video (B, T, C, H, W) in [-0.5, 0.5]."""
+        self._check(video)
+        B, T = video.shape[:2]
+        zs, hs, logdet = self.glow.encode_levels(video.flatten(0, 1))
+        lp = logdet.view(B, T)
+        for level, z in enumerate(zs):
+            z = z.view(B, T, *z.shape[1:])
+            h = hs[level].view(B, T, *hs[level].shape[1:]) if level < len(hs) else None
+            mean, logs = self._level_prior(level, z, h)
+            lp = lp + gaussian_logp(z.flatten(0, 1), mean.flatten(0, 1), logs.flatten(0, 1)).view(B, T)
+        return lp
+
+    def forward(self, video: torch.Tensor) -> torch.Tensor:
+        """The per-frame log-likelihood (B, T): what training differentiates (and DDP wraps)."""
+        return self.log_prob_frames(video)
+
+    def log_prob(self, video: torch.Tensor) -> torch.Tensor:
+        """log p(video) in nats per clip: (B,)."""
+        return self.log_prob_frames(video).sum(1)
+
+    def bits_per_pixel(self, video: torch.Tensor, from_frame: int = 0) -> torch.Tensor:
+        """Bits per pixel (per sub-pixel dimension, as the paper reports) of frames from_frame.. given the earlier
+        ones, per clip: (B,). Uses the model's n_bits quantization."""
+        lp = self.log_prob_frames(video)[:, from_frame:]
+        return flowkern.bits_per_dim(lp, self.frame_dims, self.cfg.n_bits).mean(1)
+
+    # ---------------------------------------------------------------------------------------------- generation
+    def _sample_frame(self, history: List[List[torch.Tensor]], batch: int, temperature: float, generator=None):
+        """Sample the next frame given per-level latent histories; appends its latents, returns the frame."""
+        n = self.cfg.context
+        h = None
+        new = [None] * self.cfg.levels
+        for level in reversed(range(self.cfg.levels)):
+            past = history[level]
+            if len(past) < n:
+                mean, logs = self.first_priors[level]((batch,) + self.latent_shapes[level], h)
+            else:
+                mean, logs = self.priors[level](torch.stack(past[-n:], 1), h)
+            p = next(self.parameters())
+            eps = torch.randn(mean.shape, generator=generator, device=p.device, dtype=p.dtype)
+            z = mean + temperature * torch.exp(logs) * eps
+            new[level] = z
+            h, _ = self.glow.decode_level(level, z, h)
+        for level in range(self.cfg.levels):
+            history[level].append(new[level])
+        return h
+
+    @torch.no_grad()
+    def generate(self, context: Optional[torch.Tensor], num_frames: int, temperature: float = 1.0,
+                 batch_size: Optional[int] = None, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """Continue `context` (B, c, C, H, W) in [-0.5, 0.5] (or None: unconditional) by num_frames frames, with every
+        prior's sigma scaled by temperature. Returns (B, c + num_frames, C, H, W)."""
+        frames, history = [], [[] for _ in range(self.cfg.levels)]
+        if context is not None:
+            self._check(context)
+            B, c = context.shape[:2]
+            zs, _, _ = self.glow.encode_levels(context.flatten(0, 1))
+            for level, z in enumerate(zs):
+                history[level] = list(z.view(B, c, *z.shape[1:]).unbind(1))
+            frames = list(context.unbind(1))
+        else:
+            if batch_size is None:
+                raise ValueError("VideoFlow.generate: give a context or a batch_size")
+            B = batch_size
+        for _ in range(num_frames):
+            frames.append(self._sample_frame(history, B, temperature, generator))
+        return torch.stack(frames, 1)
+
+    @torch.no_grad()
+    def out_of_sequence_bpp(self, context: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+        """Bits/pixel of each candidate frame X_t placed right after `context` (B, c, ...): the paper's
+        P(X_{c+1} = X_t | X_<=c). candidates (B, K, C, H, W) -> (B, K)."""
+        B, K = candidates.shape[:2]
+        out = []
+        for k in range(K):
+            clip = torch.cat([context, candidates[:, k:k + 1]], 1)
+            lp = self.log_prob_frames(clip)[:, -1]
+            out.append(flowkern.bits_per_dim(lp, self.frame_dims, self.cfg.n_bits))
+        return torch.stack(out, 1)
+
+    def config_dict(self) -> dict:
+        d = asdict(self.cfg)
+        d["dilations"] = list(d["dilations"])
+        return d

@@ -1,0 +1,26 @@
+"""The benchmark suite runs end to end (tiny sizes): tables, JSON and plots are written. No timing is asserted."""
+import importlib.util
+import json
+import os
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_benchmark_suite_smoke(tmp_path):
+    spec = importlib.util.spec_from_file_location("flowkern_bench_run", os.path.join(ROOT, "benchmarks", "run.py"))
+    run = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(run)
+    out = str(tmp_path / "smoke")
+    sections = run.main(["--suite", "smoke", "--out", out, "--device", "cpu"])
+    assert {"Fused ops", "Memory vs depth (one Glow level)"} <= set(sections)
+    with open(out + ".json") as f:
+        data = json.load(f)
+    assert data["environment"]["torch"] and data["sections"]["Fused ops"]
+    for row in data["sections"]["Fused ops"]:
+        assert row["eager_ms"] > 0 and row["flowkern_ms"] > 0 and row["backend"] == "cpu"
+    depth = data["sections"]["Memory vs depth (one Glow level)"]
+    assert depth[-1]["reversible_MB"] == pytest.approx(depth[0]["reversible_MB"])  # flat in depth
+    assert depth[-1]["plain_MB"] > depth[0]["plain_MB"]
+    assert os.path.exists(out + ".md") and os.path.exists(out + "-depth.png")

@@ -1,0 +1,76 @@
+"""Video datasets: the procedural ones follow their definitions; the folder loader reads what it is given or fails
+clearly."""
+import numpy as np
+import pytest
+import torch
+
+from flowkern.models.data import DIRECTIONS, StochasticMovement, StochasticMovingDigits, VideoFolder, read_video
+
+
+def centroid(frame, background=128):
+    mask = (frame != background).any(0)
+    ys, xs = torch.nonzero(mask, as_tuple=True)
+    return ys.float().mean().item(), xs.float().mean().item()
+
+
+def test_stochastic_movement_is_deterministic_centred_and_moves_straight():
+    ds = StochasticMovement(num_videos=50, frames=5, seed=3)
+    assert torch.equal(ds[7], StochasticMovement(num_videos=50, frames=5, seed=3)[7])
+    assert not torch.equal(ds[7], StochasticMovement(num_videos=50, frames=5, seed=4)[7])
+    kinds = set()
+    for i in range(30):
+        v = ds[i]
+        assert v.shape == (5, 3, 64, 64) and v.dtype == torch.uint8
+        p = ds.params(i)
+        kinds.add(p["kind"])
+        cy, cx = centroid(v[0])
+        assert abs(cy - 32) < 2.5 and abs(cx - 32) < 2.5  # starts at the centre
+        steps = [np.subtract(centroid(v[t + 1]), centroid(v[t])) for t in range(4)]
+        dx, dy = DIRECTIONS[p["direction"]]
+        for s in steps:  # constant velocity along the sampled direction
+            assert np.allclose(s, [dy * ds.speed, dx * ds.speed], atol=1.0)
+    assert kinds == {"circle", "square", "triangle"}
+
+
+def test_moving_digits_bounce_and_are_deterministic():
+    ds = StochasticMovingDigits(num_videos=10, frames=20, seed=1)
+    v = ds[2]
+    assert v.shape == (20, 1, 64, 64) and v.dtype == torch.uint8
+    assert torch.equal(v, StochasticMovingDigits(num_videos=10, frames=20, seed=1)[2])
+    assert all(v[t].sum() > 0 for t in range(20))  # digits stay in the frame (they bounce)
+    assert not torch.equal(v[0], v[-1])
+
+
+def _write_videos(root):
+    import imageio.v3 as iio
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 256, size=(12, 32, 48, 3), dtype=np.uint8)
+    iio.imwrite(root / "a.mp4", frames, fps=5, plugin="pyav", codec="libx264")
+    iio.imwrite(root / "b.gif", frames[:9], duration=100, loop=0)
+    np.save(root / "c.npy", frames[:10, :, :, 0])  # grayscale (T, H, W)
+    np.savez(root / "d.npz", video=frames[:7].astype(np.float32) / 255.0)
+    return frames
+
+
+def test_video_folder_reads_mp4_gif_npy_npz_into_resized_clips(tmp_path):
+    frames = _write_videos(tmp_path)
+    assert read_video(str(tmp_path / "b.gif")).shape == (9, 32, 48, 3)
+    ds = VideoFolder(str(tmp_path), frames=4, size=16, stride=4)
+    # clips: a.mp4 12 frames -> 3, b.gif 9 -> 2, c.npy 10 -> 2, d.npz 7 -> 1
+    assert len(ds) == 8
+    clip = ds[0]
+    assert clip.shape == (4, 3, 16, 16) and clip.dtype == torch.uint8
+    npz = VideoFolder(str(tmp_path), frames=7, size=32, extensions=(".npz",))[0]
+    ref = torch.from_numpy(frames[:7]).permute(0, 3, 1, 2).float()
+    ref = torch.nn.functional.interpolate(ref, size=(32, 32), mode="area").round()
+    assert (npz.float() - ref).abs().max() <= 1  # float [0, 1] arrays are scaled back to 8 bits
+
+
+def test_video_folder_errors_are_clear(tmp_path):
+    with pytest.raises(ValueError, match="not a directory"):
+        VideoFolder(str(tmp_path / "missing"))
+    with pytest.raises(ValueError, match="no video or array files"):
+        VideoFolder(str(tmp_path))
+    (tmp_path / "broken.mp4").write_bytes(b"definitely not a video")
+    with pytest.raises(ValueError, match="broken.mp4"):
+        VideoFolder(str(tmp_path))

@@ -1,0 +1,122 @@
+"""VideoFlow: likelihood structure, sampling/likelihood agreement, memory-saving modes, ablation options."""
+import dataclasses
+
+import pytest
+import torch
+
+import flowkern
+from flowkern.models import VIDEOFLOW_CONFIGS, VideoFlow
+from flowkern.utils import saved_tensor_bytes
+
+TINY = VIDEOFLOW_CONFIGS["tiny"]
+
+
+def model(dtype=torch.float32, **kw):
+    torch.manual_seed(0)
+    m = VideoFlow(dataclasses.replace(TINY, **kw)).to(dtype)
+    with torch.no_grad():  # leave the (near-identity) init: random weights make the prior non-trivial
+        for p in m.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    for mod in m.modules():
+        if isinstance(mod, flowkern.ActNorm2d):
+            mod.initialized.fill_(True)
+            mod._initialized = True
+    return m
+
+
+def video(B=2, T=5, dtype=torch.float32):
+    return (torch.rand(B, T, 3, 16, 16, dtype=dtype) - 0.5)
+
+
+def test_log_prob_shapes_and_every_parameter_learns():
+    m = model()
+    v = video()
+    lp = m.log_prob_frames(v)
+    assert lp.shape == (2, 5) and torch.isfinite(lp).all()
+    (-lp.mean()).backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in m.parameters())
+    assert torch.allclose(m.log_prob(v), lp.sum(1))
+
+
+def test_prior_is_causal():
+    """log p(x_t | x_<t) must not change when a later frame changes, and must change when an earlier one does."""
+    m = model().eval()
+    v = video()
+    lp = m.log_prob_frames(v)
+    w = v.clone()
+    w[:, 3] = torch.rand_like(w[:, 3]) - 0.5
+    lp2 = m.log_prob_frames(w)
+    assert torch.allclose(lp[:, :3], lp2[:, :3], atol=1e-4)
+    assert not torch.allclose(lp[:, 4], lp2[:, 4], atol=1e-3)  # frame 4 looks back at frame 3
+
+
+def test_generation_uses_the_likelihood_prior():
+    """At temperature 0 every sampled latent is its prior mean: re-encoding the generated frames must give latents
+    equal to the means that the likelihood computes for them (same prior in both directions)."""
+    m = model(torch.float64).eval()
+    ctx = video(T=2, dtype=torch.float64)
+    gen = m.generate(ctx, 3, temperature=0.0)
+    assert gen.shape == (2, 5, 3, 16, 16) and torch.equal(gen[:, :2], ctx)
+    zs, hs, _ = m.glow.encode_levels(gen.flatten(0, 1))
+    for level, z in enumerate(zs):
+        z = z.view(2, 5, *z.shape[1:])
+        h = hs[level].view(2, 5, *hs[level].shape[1:]) if level < len(hs) else None
+        mean, _ = m._level_prior(level, z, h)
+        assert torch.allclose(z[:, 2:], mean[:, 2:], atol=1e-8), level
+
+
+def test_unconditional_sampling_and_temperature():
+    m = model().eval()
+    a = m.generate(None, 3, temperature=0.0, batch_size=2)
+    b = m.generate(None, 3, temperature=0.0, batch_size=2)
+    assert a.shape == (2, 3, 3, 16, 16) and torch.equal(a, b)
+    c = m.generate(None, 3, temperature=1.0, batch_size=2)
+    assert not torch.equal(a, c)
+
+
+def test_memory_saving_modes_give_the_same_gradients():
+    """Reversible flow + checkpointed prior must not change the math (float64)."""
+    v = video(dtype=torch.float64)
+    grads = []
+    for rev, ck in ((False, False), (True, True)):
+        m = model(torch.float64, reversible=rev, checkpoint_prior=ck)
+        lp = m.log_prob_frames(v).sum()
+        grads.append([lp.detach()] + list(torch.autograd.grad(lp, list(m.parameters()))))
+    for a, b in zip(*grads):
+        assert torch.allclose(a, b, rtol=1e-9, atol=1e-11)
+
+
+def test_training_memory_grows_by_latents_not_activations():
+    def saved(T, memory_saving):
+        m = model(reversible=memory_saving, checkpoint_prior=memory_saving)
+        v = video(B=1, T=T)
+        return saved_tensor_bytes(lambda: m.log_prob_frames(v).sum())
+    per_frame_plain = (saved(8, False) - saved(4, False)) / 4
+    per_frame_saving = (saved(8, True) - saved(4, True)) / 4
+    frame_bytes = 3 * 16 * 16 * 4
+    assert per_frame_saving < 0.1 * per_frame_plain
+    assert per_frame_saving <= 12 * frame_bytes  # a few latent-sized tensors per frame
+
+
+@pytest.mark.parametrize("opts", [dict(skip=False), dict(gated=False), dict(dilations=(1,)), dict(affine=False),
+                                  dict(context=1)])
+def test_ablation_options(opts):
+    m = model(**opts)
+    lp = m.log_prob_frames(video(T=4))
+    assert torch.isfinite(lp).all()
+    (-lp.mean()).backward()
+
+
+def test_out_of_sequence_scoring_matches_bits_per_pixel():
+    m = model().eval()
+    v = video(T=5)
+    with torch.no_grad():
+        oos = m.out_of_sequence_bpp(v[:, :2], v[:, 2:])
+        direct = flowkern.bits_per_dim(m.log_prob_frames(v[:, :3])[:, 2], m.frame_dims, TINY.n_bits)
+    assert oos.shape == (2, 3)
+    assert torch.allclose(oos[:, 0], direct, atol=1e-4)
+
+
+def test_bad_video_shape_is_refused():
+    with pytest.raises(ValueError, match=r"\(B, T, 3, 16, 16\)"):
+        model().log_prob_frames(torch.rand(2, 3, 16, 16))
