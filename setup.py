@@ -73,7 +73,8 @@ if mode == "1" and not WITH_CUDA:
 if mode == "auto" and NVCC and not CUDA_LIB:
     print("flowkern: nvcc found but not libcudart_static.a; building without CUDA", file=sys.stderr)
 
-ARCHS = [a.strip().replace(".", "") for a in os.environ.get("FLOWKERN_CUDA_ARCHS", "80;90").replace(",", ";").split(";") if a.strip()]
+_archs = os.environ.get("FLOWKERN_CUDA_ARCHS", "80;90").replace(",", ";").split(";")
+ARCHS = [a.strip().replace(".", "") for a in _archs if a.strip()]
 NVCC_FLAGS = ["-O3", "-std=c++17", "--use_fast_math", "-Xcompiler", "-fPIC", "-lineinfo",
               "--expt-relaxed-constexpr", "-DFLOWKERN_WITH_CUDA"]
 for a in ARCHS:

@@ -46,12 +46,6 @@ def _measure(model, x, device, context=None):
     return saved_tensor_bytes(step)
 
 
-def _init(model, x):
-    with torch.no_grad():  # data-dependent init outside the measurement
-        model.train()
-        model(x)
-
-
 def memory_vs_depth(device, suite):
     """A Glow level (C=12 at 32x32, hidden 512 as in VideoFlow/BAIR) with K steps."""
     Ks = {"smoke": [2, 4], "quick": [4, 8, 16, 32, 64], "full": [4, 8, 16, 32, 64]}[suite]
@@ -75,82 +69,126 @@ def memory_vs_depth(device, suite):
     return rows
 
 
+def _videoflow(cfg_name, memory_saving, device):
+    import dataclasses
+
+    from flowkern.models import VIDEOFLOW_CONFIGS, VideoFlow
+    cfg = dataclasses.replace(VIDEOFLOW_CONFIGS[cfg_name], reversible=memory_saving, checkpoint_prior=memory_saving)
+    with torch.device(device):
+        m = VideoFlow(cfg)
+    for mod in m.modules():  # ActNorm counts as initialised (its init batch is not what is measured)
+        if isinstance(mod, flowkern.ActNorm2d):
+            mod.initialized.fill_(True)
+            mod._initialized = True
+    return m, cfg
+
+
 def memory_vs_clip_length(device, suite, budget_bytes):
-    """Per-frame 3-level Glow (64x64x3, hidden 512) over B*T frames, until a video model lands. Longest clip that fits
-    `budget_bytes` (linear fit of memory in T: activation memory is linear in the number of frames)."""
-    Ts = {"smoke": [1, 2], "quick": [1, 2, 4], "full": [2, 4, 8, 13, 26]}[suite]
-    K, hidden, S = ({"smoke": (2, 16, 16), "quick": (8, 512, 64), "full": (24, 512, 64)})[suite]
+    """VideoFlow (`bair` config; `tiny` for smoke) training-step memory vs clip length T at batch 8: plain autograd
+    vs flowkern (reversible flow + checkpointed prior), in GB (1e9 bytes).
+    GPU: peak CUDA memory of forward + backward. CPU: bytes saved for backward, measured on the meta device (shapes
+    only, no compute: the bair model is far too slow for a CPU), and for flowkern also its backward transient (one
+    frame's prior and one flow step recomputed for all B*T frames), so flowkern_peak_est = saved + transient. Plain
+    autograd's own transients are not added (its numbers are a lower bound). The longest T within `budget_bytes`
+    comes from a linear fit in T of the peak (GPU) or of saved (+ transient) bytes (CPU)."""
+    cfg_name, B, Ts = ("tiny", 1, [3, 4]) if suite == "smoke" else ("bair", 8, [4, 8, 13, 26])
+    meas_dev = "cuda" if device == "cuda" else "meta"
+    GB = 1e9
     rows = []
-    torch.manual_seed(0)
-    glow = Glow(3, levels=3, steps=K, hidden=hidden).to(device)
-    _init(glow, torch.rand(2, 3, S, S, device=device) - 0.5)
+    prior_transient = None
     for T in Ts:
-        x = torch.rand(T, 3, S, S, device=device) - 0.5
-        res = {}
-        for mode in ("plain", "reversible"):
-            for f in glow.flows:
-                f.reversible = mode == "reversible"
-            res[mode] = _measure(_LogProb(glow), x, device)
-        rows.append({"bench": "memory_vs_clip_length", "T": T, "shape": f"1x{T}x3x{S}x{S} L=3 K={K} hidden {hidden}",
-                     **{f"{k}_MB": v / 2**20 for k, v in res.items()}})
-    # linear fit bytes = a + b*T per mode; longest T within the budget
-    for mode in ("plain", "reversible"):
-        ts = [r["T"] for r in rows]
-        ms = [r[f"{mode}_MB"] * 2**20 for r in rows]
-        b = (ms[-1] - ms[0]) / max(ts[-1] - ts[0], 1)
-        a = ms[0] - b * ts[0]
-        rows[-1][f"{mode}_longest_T_in_budget"] = int((budget_bytes - a) // b) if b > 0 else None
-    rows[-1]["budget_GB"] = budget_bytes / 2**30
+        row = {"bench": "memory_vs_clip_length", "T": T, "shape": f"{B}x{T}x3x64x64 VideoFlow {cfg_name}"}
+        for mode, saving in (("plain", False), ("flowkern", True)):
+            m, cfg = _videoflow(cfg_name, saving, meas_dev)
+            size = cfg.image_size
+            try:
+                if meas_dev == "cuda":
+                    v = torch.rand(B, T, 3, size, size, device="cuda") - 0.5
+                    row[f"{mode}_GB"] = cuda_peak_bytes(lambda: (-m.log_prob_frames(v).mean()).backward()) / GB
+                else:
+                    v = torch.empty(B, T, 3, size, size, device="meta")
+                    row[f"{mode}_GB"] = saved_tensor_bytes(lambda: m.log_prob_frames(v).sum()) / GB
+            except torch.cuda.OutOfMemoryError:
+                row[f"{mode}_GB"] = None  # does not fit
+            if meas_dev == "meta" and saving:
+                if prior_transient is None:
+                    n = cfg.context
+                    z = [torch.empty((B, n) + sh, device="meta") for sh in m.latent_shapes]
+                    hs = [torch.empty((B, m.glow.splits[i].c1) + m.latent_shapes[i][1:], device="meta")
+                          for i in range(cfg.levels - 1)]
+                    prior_transient = max(saved_tensor_bytes(
+                        lambda i=i: m.priors[i](z[i], hs[i] if i < len(hs) else None)[0].sum())
+                        for i in range(cfg.levels))
+                x = torch.empty(B * T, 4 * cfg.in_channels, size // 2, size // 2, device="meta", requires_grad=True)
+                step = saved_tensor_bytes(lambda: m.glow.flows[0].steps[0](x)[0].sum())
+                row["flowkern_peak_est_GB"] = row["flowkern_GB"] + (prior_transient + step) / GB
+            m = None  # free the model before the next one
+            if meas_dev == "cuda":
+                torch.cuda.empty_cache()
+        rows.append(row)
+    budget = budget_bytes / GB
+    for mode, key in (("plain", "plain_GB"), ("flowkern", "flowkern_peak_est_GB" if meas_dev == "meta"
+                                               else "flowkern_GB")):
+        pts = [(r["T"], r[key]) for r in rows if r.get(key) is not None]
+        if len(pts) >= 2:
+            (t0, m0), (t1, m1) = pts[0], pts[-1]
+            slope = (m1 - m0) / (t1 - t0)
+            rows[-1][f"{mode}_longest_T"] = int((budget - (m0 - slope * t0)) // slope) if slope > 0 else None
+    rows[-1]["budget_GB"] = budget
     return rows
 
 
-class _LogProb(nn.Module):
-    def __init__(self, glow):
-        super().__init__()
-        self.glow = glow
+def glow_memory(levels, steps, hidden, batch, size, device):
+    """(plain, reversible) training-step memory in GB of a Glow on size x size x 3 images. GPU: peak CUDA memory of
+    forward + backward (None if it does not fit). CPU: bytes saved for backward on the meta device (shapes only)."""
+    meas_dev = "cuda" if device == "cuda" else "meta"
+    out = []
+    for reversible in (False, True):
+        with torch.device(meas_dev):
+            glow = Glow(3, levels=levels, steps=steps, hidden=hidden, reversible=reversible)
+        for mod in glow.modules():  # the init batch is not what is measured
+            if isinstance(mod, flowkern.ActNorm2d):
+                mod.initialized.fill_(True)
+                mod._initialized = True
+        try:
+            if meas_dev == "cuda":
+                x = torch.rand(batch, 3, size, size, device="cuda") - 0.5
+                out.append(cuda_peak_bytes(lambda: (-glow.log_prob(x).mean()).backward()) / 1e9)
+            else:
+                x = torch.empty(batch, 3, size, size, device="meta")
+                out.append(saved_tensor_bytes(lambda: glow.log_prob(x).sum()) / 1e9)
+        except torch.cuda.OutOfMemoryError:
+            out.append(None)
+        glow = None
+        if meas_dev == "cuda":
+            torch.cuda.empty_cache()
+    return out
 
-    def forward(self, x):
-        return torch.zeros(x.shape[0], 1, device=x.device), -self.glow.log_prob(x)
+
+def _metric(device):
+    return "peak CUDA GB (fwd+bwd)" if device == "cuda" else "GB saved for backward (meta device)"
 
 
 def large_image(device, suite):
-    """The published large-image workload: 3-level Glow at 256x256, batch 8, hidden 256, K steps per level.
-    On CPU the plain-autograd bytes are measured at batch 1 and K in {4, 8} and scaled linearly to batch 8 and larger K
-    (activation memory is linear in both); reversible is measured directly at batch 1 and scaled by 8."""
+    """The published large-image workload: 3-level Glow at 256x256, batch 8, hidden 256, K steps per level (an open
+    normflows benchmark peaks near 40 GB at K=64 on a 40 GB A100)."""
     if suite == "smoke":
         return []
-    Ks = [4, 8, 16, 32, 64]
     rows = []
-    if device == "cuda":
-        B, measured_Ks = 8, Ks
-    else:
-        B, measured_Ks = 1, [4, 8]
-    meas = {}
-    for K in measured_Ks:
-        torch.manual_seed(0)
-        glow = Glow(3, levels=3, steps=K, hidden=256).to(device)
-        _init(glow, torch.rand(1, 3, 256, 256, device=device) - 0.5)
-        x = torch.rand(B, 3, 256, 256, device=device) - 0.5
-        res = {}
-        for mode in ("plain", "reversible"):
-            for f in glow.flows:
-                f.reversible = mode == "reversible"
-            res[mode] = _measure(_LogProb(glow), x, device)
-        meas[K] = res
-        del glow
-    for K in Ks:
-        if K in meas:
-            plain, rev, how = meas[K]["plain"] * 8 / B, meas[K]["reversible"] * 8 / B, (
-                "measured" if B == 8 else "measured at batch 1, x8")
-        else:
-            k0, k1 = measured_Ks[0], measured_Ks[-1]
-            slope = (meas[k1]["plain"] - meas[k0]["plain"]) / (k1 - k0)
-            plain = (meas[k1]["plain"] + slope * (K - k1)) * 8 / B
-            rev = meas[k1]["reversible"] * 8 / B
-            how = "extrapolated (linear in K and batch)"
-        rows.append({"bench": "large_image", "K": K, "shape": "8x3x256x256 L=3 hidden 256",
-                     "plain_GB": plain / 2**30, "reversible_GB": rev / 2**30, "how": how})
+    for K in [4, 8, 16, 32, 64]:
+        plain, rev = glow_memory(3, K, 256, 8, 256, device)
+        rows.append({"bench": "large_image", "K": K, "shape": "8x3x256x256 L=3 hidden 256", "metric": _metric(device),
+                     "plain_GB": plain, "reversible_GB": rev})
     return rows
+
+
+def glow_batch64(device, suite):
+    """The reversible-backprop issue's workload: a 3-level, 32-step, hidden-512 Glow on 64x64x3 at batch 64."""
+    if suite == "smoke":
+        return []
+    plain, rev = glow_memory(3, 32, 512, 64, 64, device)
+    return [{"bench": "glow_batch64", "shape": "64x3x64x64 L=3 K=32 hidden 512", "metric": _metric(device),
+             "plain_GB": plain, "reversible_GB": rev}]
 
 
 def plot(rows, path, key, ylabel, title):
@@ -163,6 +201,7 @@ def plot(rows, path, key, ylabel, title):
         ax.plot(xs, [r[col] for r in rows], marker="o", label=col.rsplit("_", 1)[0])
     ax.set_xlabel(key)
     ax.set_ylabel(ylabel)
+    ax.set_yscale("log")  # plain autograd, checkpointing and reversible differ by orders of magnitude
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)

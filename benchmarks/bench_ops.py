@@ -80,7 +80,8 @@ def run(device, timer, suite="quick", compile_baseline=True, progress=None, band
             compiled = torch.compile(ref, dynamic=False) if compile_baseline else None
             for pass_name, wrap, nbytes in (("fwd", lambda f: _fwd(f, inputs), fwd_bytes),
                                             ("fwd+bwd", lambda f: _fwd_bwd(f, inputs, grads), fb_bytes)):
-                candidates = {"eager": _with_backend("torch", wrap(ref)), "flowkern": _with_backend("auto", wrap(fused))}
+                candidates = {"eager": _with_backend("torch", wrap(ref)),
+                              "flowkern": _with_backend("auto", wrap(fused))}
                 if compiled is not None:
                     candidates["compiled"] = _with_backend("torch", wrap(compiled))
                 t = timer(candidates)

@@ -10,5 +10,5 @@ from flowkern.quantization import bits_per_dim, postprocess, preprocess
 __version__ = "0.1.0"
 
 __all__ = ["ops", "cuda_status", "native_available", "get_backend", "set_backend", "use_backend", "ActNorm2d",
-           "AffineCoupling", "FlowSequence", "ReversibleSequence", "ReconstructionError", "FlowStep", "Glow", "InvConv1x1", "InvConv1x1LU", "Split", "Squeeze2d",
-           "TopPrior", "bits_per_dim", "postprocess", "preprocess"]
+           "AffineCoupling", "FlowSequence", "ReversibleSequence", "ReconstructionError", "FlowStep", "Glow",
+           "InvConv1x1", "InvConv1x1LU", "Split", "Squeeze2d", "TopPrior", "bits_per_dim", "postprocess", "preprocess"]

@@ -83,7 +83,8 @@ def resolve(x: torch.Tensor) -> str:
         if not _ext.native_available():
             raise RuntimeError(f"backend 'cpu' needs flowkern._C, which is not built: {_ext.cuda_status()['reason']}")
         if dev != "cpu":
-            raise ValueError(f"backend 'cpu' got a tensor on {x.device}; use 'auto', 'triton' or 'cuda' for GPU tensors")
+            raise ValueError(f"backend 'cpu' got a tensor on {x.device}; use 'auto', 'triton' or 'cuda' for GPU "
+                             "tensors")
         if x.dtype not in _NATIVE_DTYPES_CPU:
             raise TypeError(f"backend 'cpu' supports float32 and float64, got {x.dtype}; use backend 'torch' or 'auto'")
         return "cpu"

@@ -7,7 +7,8 @@ import torch
 def saved_tensor_bytes(fn: Callable, *args, include_leaves: bool = False, **kwargs) -> int:
     """Bytes that autograd holds for backward while running fn(*args, **kwargs), each storage counted once.
 
-    Counted through torch.autograd.graph.saved_tensors_hooks, so it works on CPU as on GPU. Leaf tensors that
+    Counted through torch.autograd.graph.saved_tensors_hooks, so it works on CPU as on GPU, and on the meta device
+    (shapes only, no compute: how models too large for the machine are measured). Leaf tensors that
     require grad (parameters, inputs) are held anyway and are left out unless include_leaves=True: what remains
     is the activation memory that reversible backprop is about.
     """
@@ -16,7 +17,7 @@ def saved_tensor_bytes(fn: Callable, *args, include_leaves: bool = False, **kwar
     def pack(t):
         if include_leaves or not (t.is_leaf and t.requires_grad):
             st = t.untyped_storage()
-            storages[(t.device, st.data_ptr())] = st.nbytes()
+            storages[st._cdata] = st.nbytes()  # the StorageImpl: views share it; works on the meta device too
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):

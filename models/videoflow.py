@@ -157,7 +157,7 @@ class VideoFlow(nn.Module):
         self.latent_shapes = shapes
         self.priors = nn.ModuleList()
         self.first_priors = nn.ModuleList()
-        for level, (c, h, w) in enumerate(shapes):
+        for level, (c, h, _) in enumerate(shapes):
             cond = self.glow.splits[level].c1 if level < cfg.levels - 1 else 0
             self.priors.append(LatentPrior(c, cond, h, cfg))
             self.first_priors.append(FirstFramePrior(c, cond))

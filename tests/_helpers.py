@@ -39,5 +39,11 @@ def randomize_(module: torch.nn.Module, scale: float = 0.1) -> torch.nn.Module:
     return module
 
 
+def random_level(C, K, ctx=0, reversible=True, hidden=8, dtype=torch.float64):
+    """A FlowSequence of K random (non-identity) FlowSteps in training mode."""
+    seq = flowkern.FlowSequence([flowkern.FlowStep(C, hidden, ctx) for _ in range(K)], reversible=reversible)
+    return randomize_(seq).to(dtype).train()
+
+
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a - b).norm() / b.norm().clamp_min(1e-300)).item()

@@ -1,21 +1,16 @@
 """Reversible backprop: same gradients as plain autograd, memory flat in depth, DDP, autocast, drift checks."""
-import os
 
 import pytest
 import torch
-import torch.distributed as dist
 import torch.multiprocessing as mp
+import _workers
+from _helpers import random_level as level
 from _helpers import randomize_
 
 import flowkern
 from flowkern import (ActNorm2d, AffineCoupling, FlowSequence, FlowStep, Glow, InvConv1x1LU, ReconstructionError,
                       Squeeze2d)
 from flowkern.utils import saved_tensor_bytes
-
-
-def level(C, K, ctx=0, reversible=True, hidden=8, dtype=torch.float64):
-    seq = FlowSequence([FlowStep(C, hidden, ctx) for _ in range(K)], reversible=reversible)
-    return randomize_(seq).to(dtype).train()
 
 
 def grads_of(model, x, ctx, R):
@@ -157,23 +152,6 @@ def test_autocast_bf16_network_fp32_flow():
         assert err_rev <= 2 * err_plain + 1e-3, (err_plain, err_rev)
 
 
-def _ddp_worker(rank, world, port, path, reversible):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    torch.manual_seed(0)
-    model = level(4, 3, ctx=2, reversible=reversible, dtype=torch.float64)
-    ddp = torch.nn.parallel.DistributedDataParallel(model)
-    torch.manual_seed(1)
-    x = torch.randn(4, 4, 4, 4, dtype=torch.float64)
-    ctx = torch.randn(4, 2, 4, 4, dtype=torch.float64)
-    xs, cs = x.chunk(world)[rank], ctx.chunk(world)[rank]
-    y, ld = ddp(xs, cs)
-    ((y ** 2).mean() - ld.mean()).backward()
-    if rank == 0:
-        torch.save([p.grad for p in model.parameters()], path)
-    dist.destroy_process_group()
-
-
 @pytest.mark.parametrize("reversible", [True])
 def test_ddp_two_processes_match_single_process(tmp_path, reversible):
     import socket
@@ -181,7 +159,8 @@ def test_ddp_two_processes_match_single_process(tmp_path, reversible):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     path = str(tmp_path / "grads.pt")
-    mp.start_processes(_ddp_worker, args=(2, port, path, reversible), nprocs=2, join=True, start_method="spawn")
+    mp.start_processes(_workers.ddp_flow_grads, args=(2, port, path, reversible), nprocs=2, join=True,
+                       start_method="spawn")
     ddp_grads = torch.load(path, weights_only=True)
     torch.manual_seed(0)
     model = level(4, 3, ctx=2, reversible=False, dtype=torch.float64)

@@ -3,9 +3,10 @@ import csv
 import os
 import socket
 
-import pytest
 import torch
 import torch.multiprocessing as mp
+
+import _workers
 
 from flowkern.models import sample as sample_cli
 from flowkern.models import train as train_cli
@@ -56,19 +57,12 @@ def test_nan_guard_skips_the_step_and_restores_the_last_good_state(tmp_path, mon
     assert all(torch.isfinite(v).all() for v in state["model"].values() if torch.is_tensor(v))
 
 
-def _ddp_rank(rank, world, port, out):
-    os.environ.update(WORLD_SIZE=str(world), RANK=str(rank), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port))
-    model, _ = train_cli.train(train_cli.parser().parse_args(ARGS + ["--out", out, "--steps", "3",
-                                                                    "--sample-every", "0"]))
-    torch.save(model.state_dict(), os.path.join(out, f"rank{rank}.pt"))
-
-
 def test_two_process_gloo_training_keeps_ranks_identical(tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    mp.start_processes(_ddp_rank, args=(2, port, str(tmp_path)), nprocs=2, join=True, start_method="spawn")
+    mp.start_processes(_workers.ddp_train_rank, args=(2, port, str(tmp_path), ARGS), nprocs=2, join=True,
+                       start_method="spawn")
     a = torch.load(tmp_path / "rank0.pt", weights_only=True)
     b = torch.load(tmp_path / "rank1.pt", weights_only=True)
     for k, v in a.items():

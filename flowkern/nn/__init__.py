@@ -10,5 +10,5 @@ from flowkern.nn.split import Split, TopPrior, standard_normal_logp
 from flowkern.nn.squeeze import Squeeze2d, squeeze2d, unsqueeze2d
 
 __all__ = ["ActNorm2d", "AffineCoupling", "ZeroConv2d", "coupling_network", "FlowStep", "Glow", "InvConv1x1",
-           "InvConv1x1LU", "FlowSequence", "ReversibleSequence", "Split", "TopPrior", "standard_normal_logp", "Squeeze2d", "squeeze2d",
-           "unsqueeze2d"]
+           "InvConv1x1LU", "FlowSequence", "ReversibleSequence", "Split", "TopPrior", "standard_normal_logp",
+           "Squeeze2d", "squeeze2d", "unsqueeze2d"]

@@ -5,7 +5,6 @@ from flowkern.ops.affine_coupling import (affine_coupling, affine_coupling_inver
                                           affine_coupling_ref)
 from flowkern.ops.channel_affine import (actnorm_invconv, actnorm_invconv_inverse, actnorm_invconv_ref,
                                          channel_affine, channel_affine_ref)
-
 from flowkern.ops._common import acc_dtype
 
 
@@ -14,6 +13,6 @@ def uses_kernels(x) -> bool:
     return _common.pick_backend(x, x.shape[1]) != "torch"
 
 
-__all__ = ["uses_kernels", "acc_dtype", "actnorm_invconv", "actnorm_invconv_inverse", "actnorm_invconv_ref", "channel_affine",
-           "channel_affine_ref", "affine_coupling", "affine_coupling_inverse", "affine_coupling_ref",
+__all__ = ["uses_kernels", "acc_dtype", "actnorm_invconv", "actnorm_invconv_inverse", "actnorm_invconv_ref",
+           "channel_affine", "channel_affine_ref", "affine_coupling", "affine_coupling_inverse", "affine_coupling_ref",
            "affine_coupling_inverse_ref"]

@@ -50,7 +50,9 @@ def device_guard(x: torch.Tensor):
 def no_autocast(x: torch.Tensor):
     """Disable autocast for flow algebra on x's device; free when autocast is off (the common case)."""
     dev = x.device.type
-    return torch.autocast(dev, enabled=False) if torch.is_autocast_enabled(dev) else contextlib.nullcontext()
+    if torch.amp.is_autocast_available(dev) and torch.is_autocast_enabled(dev):
+        return torch.autocast(dev, enabled=False)
+    return contextlib.nullcontext()  # autocast off, or a device without autocast (meta)
 
 
 def needs_grad(*tensors) -> bool:

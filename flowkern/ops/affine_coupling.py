@@ -10,7 +10,7 @@ per sample without atomics (bitwise reproducible), and the backward folds the lo
 
 Naming: affine_coupling / affine_coupling_inverse (dispatched) and *_ref (pure torch).
 """
-from typing import Optional, Tuple
+from typing import Tuple
 
 import torch
 import torch.nn.functional as F

@@ -1,0 +1,33 @@
+"""Entry points of the multi-process (gloo) tests. They live in an importable module (tests/ is on sys.path) so
+that spawned processes can unpickle them, whatever import mode pytest uses for the test files."""
+import os
+
+import torch
+import torch.distributed as dist
+
+
+def ddp_flow_grads(rank, world, port, path, reversible):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    torch.manual_seed(0)
+    from _helpers import random_level
+    model = random_level(4, 3, ctx=2, reversible=reversible, dtype=torch.float64)
+    ddp = torch.nn.parallel.DistributedDataParallel(model)
+    torch.manual_seed(1)
+    x = torch.randn(4, 4, 4, 4, dtype=torch.float64)
+    ctx = torch.randn(4, 2, 4, 4, dtype=torch.float64)
+    xs, cs = x.chunk(world)[rank], ctx.chunk(world)[rank]
+    y, ld = ddp(xs, cs)
+    ((y ** 2).mean() - ld.mean()).backward()
+    if rank == 0:
+        torch.save([p.grad for p in model.parameters()], path)
+    dist.destroy_process_group()
+
+
+def ddp_train_rank(rank, world, port, out, args):
+    os.environ.update(WORLD_SIZE=str(world), RANK=str(rank), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    from flowkern.models import train as train_cli
+    model, _ = train_cli.train(train_cli.parser().parse_args(args + ["--out", out, "--steps", "3",
+                                                                    "--sample-every", "0"]))
+    torch.save(model.state_dict(), os.path.join(out, f"rank{rank}.pt"))
