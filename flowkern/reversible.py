@@ -68,7 +68,6 @@ class _ReversibleFunction(torch.autograd.Function):
                 h, ld = step(h, context)
                 logdet = logdet + ld
         ctx.save_for_backward(h, context)
-        ctx.n_params = len(params)
         return h, logdet
 
     @staticmethod
