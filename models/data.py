@@ -178,10 +178,14 @@ class VideoFolder(Dataset):
         if path not in self._cache:
             self._cache = {path: read_video(path)}  # keep the last file: clips are read file by file
         clip = torch.from_numpy(self._cache[path][start:start + self.frames]).permute(0, 3, 1, 2).float()
-        c = clip.shape[1]
-        if c != self.channels:
-            clip = clip.mean(1, keepdim=True).expand(-1, self.channels, -1, -1) if self.channels != c and c == 3 \
-                else clip[:, :1].expand(-1, self.channels, -1, -1)
+        if clip.shape[1] == 4:  # RGBA (GIFs often are): drop alpha
+            clip = clip[:, :3]
+        if clip.shape[1] == 3 and self.channels == 1:
+            clip = clip.mean(1, keepdim=True)
+        elif clip.shape[1] == 1 and self.channels == 3:
+            clip = clip.expand(-1, 3, -1, -1)
+        elif clip.shape[1] != self.channels:
+            raise ValueError(f"{path!r}: frames have {clip.shape[1]} channels, cannot make {self.channels}")
         if clip.shape[-2:] != (self.size, self.size):
             clip = torch.nn.functional.interpolate(clip, size=(self.size, self.size), mode="area")
         return clip.round().clamp(0, 255).to(torch.uint8)

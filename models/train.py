@@ -176,6 +176,11 @@ def train(args):
     sampler = DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=args.seed,
                                  drop_last=True)
     log_path = os.path.join(args.out, "metrics.csv")
+    if rank == 0 and start > 0 and os.path.exists(log_path):  # drop rows logged after the checkpoint we resume from
+        with open(log_path, newline="") as f:
+            rows = [r for r in csv.reader(f) if not r or not r[0].isdigit() or int(r[0]) <= start]
+        with open(log_path, "w", newline="") as f:
+            csv.writer(f).writerows(rows)
     log = open(log_path, "a", newline="") if rank == 0 else None
     writer = csv.writer(log) if log else None
     if writer and start == 0:
@@ -185,7 +190,7 @@ def train(args):
         from torch.utils.tensorboard import SummaryWriter
         tb = SummaryWriter(os.path.join(args.out, "tb"))
 
-    good = copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict())
+    good = _snapshot(model, opt)
     skipped, t0 = metrics.get("skipped", 0), time.time()
     D = cfg.in_channels * cfg.image_size ** 2
     bar = tqdm(range(start, args.steps), initial=start, total=args.steps, disable=rank != 0, desc="train")
@@ -211,7 +216,7 @@ def train(args):
             continue
         opt.step()
         if (step + 1) % args.snapshot_every == 0:
-            good = copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict())
+            good = _snapshot(model, opt)
         train_bpp = (loss.item() + cfg.n_bits * math.log(2)) / math.log(2)
         eval_bpp = ""
         if (step + 1) % args.eval_every == 0 or step + 1 == args.steps:
@@ -237,6 +242,19 @@ def train(args):
         dist.barrier()
         dist.destroy_process_group()
     return model, metrics
+
+
+def _snapshot(model, opt):
+    """The last good (model, optimizer) state for the NaN guard, kept in host memory (not doubling GPU memory)."""
+    def to_host(obj):
+        if torch.is_tensor(obj):
+            return obj.detach().to("cpu", copy=True)
+        if isinstance(obj, dict):
+            return {k: to_host(v) for k, v in obj.items()}
+        if isinstance(obj, (list, tuple)):
+            return type(obj)(to_host(v) for v in obj)
+        return copy.deepcopy(obj)
+    return to_host(model.state_dict()), to_host(opt.state_dict())
 
 
 def parser():

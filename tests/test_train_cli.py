@@ -37,11 +37,15 @@ def test_training_writes_logs_checkpoint_and_samples(tmp_path):
 def test_resume_reproduces_an_uninterrupted_run(tmp_path):
     full = run(tmp_path / "full", 6)
     run(tmp_path / "part", 4)
+    with open(tmp_path / "part" / "metrics.csv", "a") as f:  # a crash after step 4's checkpoint logged step 5
+        f.write("5,9.9,0,0,0,,0\n")
     resumed = run(tmp_path / "part", 6, "--resume")
     assert resumed["step"] == 6
     for k, v in full["model"].items():
         if torch.is_tensor(v):
             assert torch.equal(v, resumed["model"][k]), k
+    steps = [int(r["step"]) for r in csv.DictReader(open(tmp_path / "part" / "metrics.csv"))]
+    assert steps == [1, 2, 3, 4, 5, 6]  # the stale row 5 was replaced, not duplicated
 
 
 def test_nan_guard_skips_the_step_and_restores_the_last_good_state(tmp_path, monkeypatch):

@@ -60,6 +60,13 @@ def test_video_folder_reads_mp4_gif_npy_npz_into_resized_clips(tmp_path):
     assert len(ds) == 8
     clip = ds[0]
     assert clip.shape == (4, 3, 16, 16) and clip.dtype == torch.uint8
+    gray = VideoFolder(str(tmp_path), frames=4, size=16, channels=1)[0]
+    assert gray.shape == (4, 1, 16, 16)
+    np.save(tmp_path / "rgba.npy", np.concatenate([frames[:5], np.full((5, 32, 48, 1), 255, np.uint8)], -1))
+    rgba = VideoFolder(str(tmp_path), frames=5, size=32, extensions=("rgba.npy",))[0]
+    ref_rgb = torch.nn.functional.interpolate(torch.from_numpy(frames[:5]).permute(0, 3, 1, 2).float(),
+                                              size=(32, 32), mode="area").round()
+    assert (rgba.float() - ref_rgb).abs().max() <= 1  # alpha dropped, colours kept
     npz = VideoFolder(str(tmp_path), frames=7, size=32, extensions=(".npz",))[0]
     ref = torch.from_numpy(frames[:7]).permute(0, 3, 1, 2).float()
     ref = torch.nn.functional.interpolate(ref, size=(32, 32), mode="area").round()
