@@ -6,9 +6,8 @@ import torch
 import torch.distributed as dist
 
 
-def ddp_flow_grads(rank, world, port, path, reversible):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+def ddp_flow_grads(rank, world, rendezvous, path, reversible):
+    dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=world)
     torch.manual_seed(0)
     from _helpers import random_level
     model = random_level(4, 3, ctx=2, reversible=reversible, dtype=torch.float64)

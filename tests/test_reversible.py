@@ -154,12 +154,9 @@ def test_autocast_bf16_network_fp32_flow():
 
 @pytest.mark.parametrize("reversible", [True])
 def test_ddp_two_processes_match_single_process(tmp_path, reversible):
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     path = str(tmp_path / "grads.pt")
-    mp.start_processes(_workers.ddp_flow_grads, args=(2, port, path, reversible), nprocs=2, join=True,
+    rendezvous = str(tmp_path / "rendezvous")  # file-based: no TCP port to race for
+    mp.start_processes(_workers.ddp_flow_grads, args=(2, rendezvous, path, reversible), nprocs=2, join=True,
                        start_method="spawn")
     ddp_grads = torch.load(path, weights_only=True)
     torch.manual_seed(0)
