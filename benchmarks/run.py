@@ -14,6 +14,8 @@ import sys
 import torch
 from tqdm import tqdm
 
+from flowkern.utils import keep_freed_cpu_memory
+
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # sibling modules, without shadowing flowkern
 import bench_memory  # noqa: E402
 import bench_models  # noqa: E402
@@ -51,18 +53,25 @@ def main(argv=None):
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile baselines")
     p.add_argument("--memory-budget", type=float, default=None,
                    help="GB for the longest-clip estimate (default: the GPU's memory; 80 GB on CPU)")
+    p.add_argument("--default-malloc", action="store_true",
+                   help="leave glibc malloc as it is (by default the CPU run keeps freed memory, see "
+                        "flowkern.utils.keep_freed_cpu_memory)")
     p.add_argument("--only", nargs="*", choices=["ops", "train", "depth", "clip", "large"], default=None)
     args = p.parse_args(argv)
 
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     suite = args.suite
     env = timing.environment(device)
+    if device == "cpu" and not args.default_malloc:
+        # every variant runs in this one process, so all of them get the same allocator
+        env["cpu_allocator"] = "freed memory kept" if keep_freed_cpu_memory() else "default"
     rounds = {"smoke": 3, "quick": 40, "full": 200}[suite]
     budget_s = {"smoke": 0.2, "quick": 3.0, "full": 20.0}[suite]
+    min_rounds = {"smoke": 1, "quick": 15, "full": 25}[suite]
 
     def timer(fns):
         return timing.median_times(fns, device, warmup=1 if suite == "smoke" else 3, rounds=rounds,
-                                   budget_s=budget_s)
+                                   budget_s=budget_s, min_rounds=min_rounds)
 
     bandwidth = timing.copy_bandwidth(device) if device == "cuda" else None
     if bandwidth:
@@ -118,6 +127,8 @@ def main(argv=None):
             f"torch {env['torch']}, triton {env['triton']}, CUDA {env['cuda']}, commit {env['git_commit']}, "
             f"{env['date']}, suite `{suite}`, {env['cpu_threads']} CPU threads. Times are medians of interleaved "
             "rounds; speedups = baseline time / flowkern time, measured in the same run. Memory: " + unit + "."]
+    if env.get("cpu_allocator"):
+        text.append(f"CPU allocator: glibc malloc, {env['cpu_allocator']} (`--default-malloc` to leave it as is).")
     if bandwidth:
         text.append(f"Measured device copy bandwidth: {bandwidth / 1e9:.0f} GB/s (read + write).")
     for title, rows in sections.items():

@@ -9,11 +9,13 @@ import time
 import torch
 
 
-def median_times(fns: dict, device: str = "cpu", warmup: int = 3, rounds: int = 25, budget_s: float = 3.0) -> dict:
+def median_times(fns: dict, device: str = "cpu", warmup: int = 3, rounds: int = 25, budget_s: float = 3.0,
+                 min_rounds: int = 5) -> dict:
     """Median seconds per call of each fn in `fns` ({name: fn}), timed side by side.
 
     On CPU the candidates are interleaved (one call of each per round, order rotating), so slow drifts of a shared
-    machine hit all of them alike; medians over the rounds. On CUDA each one goes through triton.testing.do_bench
+    machine hit all of them alike; medians over the rounds: at least min_rounds, then more while the time budget
+    lasts (a median of a handful of rounds is noisy). On CUDA each one goes through triton.testing.do_bench
     (CUDA events, L2 flush between calls) when available.
     """
     if device == "cuda":
@@ -35,7 +37,7 @@ def median_times(fns: dict, device: str = "cpu", warmup: int = 3, rounds: int = 
             fns[k]()
             _sync(device)
             times[k].append(time.perf_counter() - t0)
-        if r >= 4 and time.perf_counter() - start > budget_s:
+        if r + 1 >= min_rounds and time.perf_counter() - start > budget_s:
             break
     return {k: statistics.median(v) for k, v in times.items()}
 

@@ -27,6 +27,7 @@ import flowkern
 from flowkern.models.data import StochasticMovement, StochasticMovingDigits, VideoFolder
 from flowkern.models.video_io import to_uint8_frames, write_grid, write_video
 from flowkern.models.videoflow import CONFIGS, VideoFlow, VideoFlowConfig
+from flowkern.utils import keep_freed_cpu_memory
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -151,6 +152,7 @@ def train(args):
         torch.cuda.set_device(device)
     else:
         device = torch.device("cpu")
+        keep_freed_cpu_memory()  # no page faults on reallocating each step's activations
     os.makedirs(args.out, exist_ok=True)
     ckpt_path = os.path.join(args.out, "checkpoint.pt")
 
