@@ -193,7 +193,8 @@ def train(args):
         tb = SummaryWriter(os.path.join(args.out, "tb"))
 
     good = _snapshot(model, opt)
-    skipped, t0 = metrics.get("skipped", 0), time.time()
+    skipped = metrics.get("skipped", 0)
+    t0 = time.time() - metrics.get("seconds", 0.0)  # the seconds column counts training time across resumes
     D = cfg.in_channels * cfg.image_size ** 2
     bar = tqdm(range(start, args.steps), initial=start, total=args.steps, disable=rank != 0, desc="train")
     for step in bar:
@@ -224,7 +225,7 @@ def train(args):
         if (step + 1) % args.eval_every == 0 or step + 1 == args.steps:
             eval_bpp = evaluate(model, eval_set, args, cfg, device, rank, world)
             metrics.setdefault("eval", []).append([step + 1, eval_bpp])
-        metrics["skipped"] = skipped
+        metrics["skipped"], metrics["seconds"] = skipped, time.time() - t0
         if rank == 0:
             bar.set_postfix(bpp=f"{train_bpp:.3f}", eval=eval_bpp if eval_bpp == "" else f"{eval_bpp:.3f}")
             writer.writerow([step + 1, f"{train_bpp:.5f}", f"{lr:.3g}", f"{gnorm.item():.4g}", skipped,

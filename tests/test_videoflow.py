@@ -74,6 +74,21 @@ def test_unconditional_sampling_and_temperature():
     assert not torch.equal(a, c)
 
 
+def test_generation_warns_when_the_inverse_diverges():
+    """A sampled latent far off the training distribution blows up the affine inverse: generate must say so
+    (the written videos would otherwise show NaN frames as silent black)."""
+    import warnings
+    m = model().eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a healthy model samples without a warning
+        m.generate(None, 2, temperature=0.5, batch_size=2)
+    with torch.no_grad():
+        m.first_priors[-1].mean.fill_(3e38)  # the top latent of the first frame at float32's edge
+    with pytest.warns(RuntimeWarning, match=r"2 of 2 videos have non-finite frames \(first at frame 0\)"):
+        v = m.generate(None, 2, temperature=0.0, batch_size=2)
+    assert not torch.isfinite(v[:, 0]).all()
+
+
 def test_memory_saving_modes_give_the_same_gradients():
     """Reversible flow + checkpointed prior must not change the math (float64)."""
     v = video(dtype=torch.float64)
