@@ -2,6 +2,7 @@
 import importlib.util
 import json
 import os
+import platform
 
 import pytest
 
@@ -18,6 +19,8 @@ def test_benchmark_suite_smoke(tmp_path):
     with open(out + ".json") as f:
         data = json.load(f)
     assert data["environment"]["torch"] and data["sections"]["Fused ops"]
+    glibc = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"  # where mallopt exists
+    assert data["environment"]["cpu_allocator"] == ("freed memory kept" if glibc else "default")
     for row in data["sections"]["Fused ops"]:
         assert row["eager_ms"] > 0 and row["flowkern_ms"] > 0 and row["backend"] == "cpu"
     depth = data["sections"]["Memory vs depth (one Glow level)"]
