@@ -200,10 +200,55 @@ def actnorm_invconv(x: Tensor, s: Tensor, b: Tensor, W: Tensor,
     backend = K.pick_backend(x, x.shape[1])
     if backend == "torch":
         return actnorm_invconv_ref(x, s, b, W, logdet_w)
+    if logdet_w is None:  # float64 slogdet: stable for ill-conditioned W
+        logdet_w = torch.linalg.slogdet(W.double())[1]
+    if K.needs_grad(x, s, b, W, logdet_w) and not torch.compiler.is_compiling():
+        return _ActNormInvConvFn.apply(x.contiguous(), s, b, W, logdet_w, backend)
     A = W * s[None, :]
     with K.no_autocast(x):  # the flow's algebra stays fp32 under autocast
         c = A @ b
     return _run_checked(x, A, c, backend), _logdet(x, s, W, logdet_w)
+
+
+class _ActNormInvConvFn(torch.autograd.Function):
+    """Eager actnorm_invconv in one autograd node: the kernel, A = W diag(s), c = A b and the logdet forward, and
+    their gradients in closed form in backward. As separate autograd ops (what torch.compile traces instead) the
+    dozen small matrix/vector ops cost more than the kernel itself at Glow sizes on CPU."""
+
+    @staticmethod
+    def forward(ctx, x, s, b, W, logdet_w, backend):
+        acc = K.acc_dtype(x.dtype)
+        with K.no_autocast(x):  # the flow's algebra stays in fp32 (or fp64) under autocast
+            s_, b_, W_ = s.to(acc), b.to(acc), W.to(acc)
+            A = (W_ * s_[None, :]).contiguous()
+            c = A @ b_
+            y = _channel_affine_impl(x, A, c, backend)
+            ld = (x.shape[2] * x.shape[3]) * (s_.abs().log().sum() + logdet_w.to(acc))
+        ctx.save_for_backward(x, s_, b_, W_, A)
+        ctx.backend, ctx.hw = backend, x.shape[2] * x.shape[3]
+        ctx.dtypes = (s.dtype, b.dtype, W.dtype, logdet_w.dtype)
+        return y, ld.expand(x.shape[0]).contiguous()
+
+    @staticmethod
+    def backward(ctx, dy, dld):
+        x, s, b, W, A = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        dx = ds = db = dW = dldw = None
+        with K.no_autocast(x):
+            if dy is None:
+                dy = torch.zeros_like(x)
+            dx, dA, dc = _channel_affine_bwd_impl(x, dy.contiguous(), A, ctx.backend)
+            g = ctx.hw * (dld.sum().to(A.dtype) if dld is not None else A.new_zeros(()))  # d loss / d logdet per pixel
+            dA = torch.addr(dA, dc, b)  # c = A b adds dc b^T
+            if need[1]:
+                ds = ((dA * W).sum(0) + g / s).to(ctx.dtypes[0])  # A = W diag(s); logdet has log|s|
+            if need[2]:
+                db = (A.t() @ dc).to(ctx.dtypes[1])
+            if need[3]:
+                dW = (dA * s[None, :]).to(ctx.dtypes[2])
+            if need[4]:
+                dldw = g.to(ctx.dtypes[3])
+        return (dx if need[0] else None), ds, db, dW, dldw, None
 
 
 def actnorm_invconv_inverse(y: Tensor, s: Tensor, b: Tensor, W: Tensor, logdet_w: Optional[Tensor] = None,
