@@ -267,10 +267,11 @@ class VideoFlow(nn.Module):
         video = torch.stack(frames, 1)
         bad = ~torch.isfinite(video.flatten(2)).all(2)  # (B, T)
         if bad.any():
-            # Glow's affine inverse divides by sigmoid scales, so latents off the training distribution can blow up
+            # Glow's affine inverse divides by sigmoid scales, so latents off the training distribution can blow up.
+            # stacklevel 3: past no_grad's wrapper, to the caller of generate
             warnings.warn(f"VideoFlow.generate: {int(bad.any(1).sum())} of {B} videos have non-finite frames (first "
                           f"at frame {int(bad.any(0).nonzero()[0])}): the flow's inverse diverged on the sampled "
-                          f"latents; a lower temperature or a longer-trained model helps", RuntimeWarning, stacklevel=2)
+                          f"latents; a lower temperature or a longer-trained model helps", RuntimeWarning, stacklevel=3)
         return video
 
     @torch.no_grad()
