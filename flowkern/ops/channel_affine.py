@@ -212,8 +212,8 @@ def actnorm_invconv(x: Tensor, s: Tensor, b: Tensor, W: Tensor,
 
 class _ActNormInvConvFn(torch.autograd.Function):
     """Eager actnorm_invconv in one autograd node: the kernel, A = W diag(s), c = A b and the logdet forward, and
-    their gradients in closed form in backward. As separate autograd ops (what torch.compile traces instead) the
-    dozen small matrix/vector ops cost more than the kernel itself at Glow sizes on CPU."""
+    their gradients in closed form in backward (torch.compile traces the separate ops instead). At Glow sizes on
+    CPU the per-call work around the kernel is as large as the kernel itself; one node keeps it smaller."""
 
     @staticmethod
     def forward(ctx, x, s, b, W, logdet_w, backend):
