@@ -221,13 +221,13 @@ class _ActNormInvConvFn(torch.autograd.Function):
         with K.no_autocast(x):  # the flow's algebra stays in fp32 (or fp64) under autocast
             s_, b_, W_ = s.to(acc), b.to(acc), W.to(acc)
             A = (W_ * s_[None, :]).contiguous()
-            c = A @ b_
-            y = _channel_affine_impl(x, A, c, backend)
-            ld = (x.shape[2] * x.shape[3]) * (s_.abs().log().sum() + logdet_w.to(acc))
+            y = _channel_affine_impl(x, A, A @ b_, backend)
+            ld = _logdet(x, s_, W_, logdet_w).contiguous()
         ctx.save_for_backward(x, s_, b_, W_, A)
-        ctx.backend, ctx.hw = backend, x.shape[2] * x.shape[3]
+        ctx.backend = backend
         ctx.dtypes = (s.dtype, b.dtype, W.dtype, logdet_w.dtype)
-        return y, ld.expand(x.shape[0]).contiguous()
+        ctx.set_materialize_grads(False)  # a loss without y must not cost a kernel pass over zeros
+        return y, ld
 
     @staticmethod
     def backward(ctx, dy, dld):
@@ -235,11 +235,13 @@ class _ActNormInvConvFn(torch.autograd.Function):
         need = ctx.needs_input_grad
         dx = ds = db = dW = dldw = None
         with K.no_autocast(x):
-            if dy is None:
-                dy = torch.zeros_like(x)
-            dx, dA, dc = _channel_affine_bwd_impl(x, dy.contiguous(), A, ctx.backend)
-            g = ctx.hw * (dld.sum().to(A.dtype) if dld is not None else A.new_zeros(()))  # d loss / d logdet per pixel
-            dA = torch.addr(dA, dc, b)  # c = A b adds dc b^T
+            if dy is not None:
+                dx, dA, dc = _channel_affine_bwd_impl(x, dy.contiguous(), A, ctx.backend)
+                dA = torch.addr(dA, dc, b)  # c = A b adds dc b^T
+            else:
+                dA, dc = A.new_zeros(A.shape), A.new_zeros(A.shape[0])
+            # d loss / d (log-determinant per pixel)
+            g = (x.shape[2] * x.shape[3]) * (dld.sum().to(A.dtype) if dld is not None else A.new_zeros(()))
             if need[1]:
                 ds = ((dA * W).sum(0) + g / s).to(ctx.dtypes[0])  # A = W diag(s); logdet has log|s|
             if need[2]:
