@@ -2,7 +2,7 @@
 
 Continues held-out clips of the checkpoint's dataset from their first frames (the model's context length), or
 samples unconditionally with --unconditional, and writes GIF + MP4 videos and a PNG grid. The checkpoint is loaded
-with torch.load(..., weights_only=True).
+with torch.load(..., weights_only=True). Files already in --out are not replaced unless --overwrite is given.
 """
 import argparse
 import os
@@ -11,27 +11,36 @@ from types import SimpleNamespace
 import torch
 
 import flowkern
-from flowkern.models.train import config_from, load_checkpoint, make_datasets
+from flowkern.models.train import (CheckpointError, UsageError, clip_frames, load_checkpoint, make_datasets,
+                                   model_from_checkpoint, nonnegative_float, nonnegative_int, positive_int)
 from flowkern.models.video_io import to_uint8_frames, write_grid, write_video
-from flowkern.models.videoflow import VideoFlow
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m flowkern.models.sample", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--checkpoint", required=True, help="a checkpoint.pt written by flowkern.models.train")
     p.add_argument("--out", default="samples")
-    p.add_argument("--num", type=int, default=4)
-    p.add_argument("--frames", type=int, default=None, help="total frames per video (default: the training clips')")
-    p.add_argument("--temperature", type=float, default=0.7)
+    p.add_argument("--num", type=positive_int, default=4)
+    p.add_argument("--frames", type=clip_frames, default=None,
+                   help="total frames per video (default: the training clips')")
+    p.add_argument("--temperature", type=nonnegative_float, default=0.7)
     p.add_argument("--unconditional", action="store_true")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=nonnegative_int, default=0)
+    p.add_argument("--overwrite", action="store_true", help="replace sample files already in --out")
     args = p.parse_args(argv)
 
-    state = load_checkpoint(args.checkpoint)
-    cfg = config_from(state["config"])
-    model = VideoFlow(cfg)
-    model.load_state_dict(state["model"])
+    names = [f"sample-{i}.{ext}" for i in range(args.num) for ext in ("gif", "mp4")] + ["samples-grid.png"]
+    clobbered = [n for n in names if os.path.exists(os.path.join(args.out, n))]
+    if clobbered and not args.overwrite:
+        p.error(f"--out: {os.path.join(args.out, clobbered[0])} exists: choose another --out, or pass --overwrite "
+                "to replace the samples there")
+    try:
+        state = load_checkpoint(args.checkpoint, required=("model", "config", "args"))
+        model = model_from_checkpoint(state, args.checkpoint)
+    except CheckpointError as e:
+        p.error(f"--checkpoint: {e}")
+    cfg = model.cfg
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device).eval()
     train_args = SimpleNamespace(**state["args"])
@@ -41,7 +50,11 @@ def main(argv=None):
         video = model.generate(None, frames, args.temperature, batch_size=args.num, generator=g)
     else:
         train_args.frames = frames
-        _, held_out = make_datasets(train_args, cfg)
+        try:
+            _, held_out = make_datasets(train_args, cfg)
+        except UsageError as e:
+            p.error(f"--checkpoint: cannot rebuild the held-out clips of its training data ({e}); "
+                    "use --unconditional")
         clips = torch.stack([held_out[i] for i in range(min(args.num, len(held_out)))])
         c = min(cfg.context, frames - 1)
         context = flowkern.preprocess(clips[:, :c], cfg.n_bits, noise=False).to(device)

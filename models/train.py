@@ -6,15 +6,23 @@ command runs one or more CPU processes on the gloo backend.
 
 Reproducible and resumable: the clips of step s, and their dequantization noise, are functions of (seed, s), and
 checkpoints carry the model, optimizer, step and RNG state, so `--resume` continues exactly as an uninterrupted run
-would. Checkpoints are written to a temporary file and renamed (never lost half-written) and load with
-torch.load(..., weights_only=True).
+would. Checkpoints are written to a temporary file, flushed to disk and renamed (never lost half-written) and load
+with torch.load(..., weights_only=True). A run is never overwritten: an --out that holds one needs --resume (continue
+it) or --overwrite (start again).
+
+Every value is checked before any work starts; a problem exits with status 2 and a message naming the argument. A run
+whose every step was skipped by the NaN/Inf guard exits with status 1.
 """
 import argparse
+import contextlib
 import copy
 import csv
 import dataclasses
 import math
 import os
+import pickle
+import re
+import shutil
 import sys
 import time
 
@@ -40,12 +48,16 @@ def make_datasets(args, cfg):
         mk = lambda seed, n: StochasticMovingDigits(n, frames=args.frames, size=cfg.image_size, seed=seed,  # noqa
                                                     channels=cfg.in_channels)
     elif kind.startswith("folder:"):
-        full = VideoFolder(kind.split(":", 1)[1], frames=args.frames, size=cfg.image_size, channels=cfg.in_channels)
+        try:  # every file is checked here, before training
+            full = VideoFolder(kind.split(":", 1)[1], frames=args.frames, size=cfg.image_size,
+                               channels=cfg.in_channels)
+        except ValueError as e:
+            raise UsageError(f"--data: {e}") from e
         n_eval = max(1, len(full) // 10)
         idx = list(range(len(full)))
         return torch.utils.data.Subset(full, idx[:-n_eval]), torch.utils.data.Subset(full, idx[-n_eval:])
     else:
-        raise ValueError(f"--data must be shapes, digits or folder:PATH, got {kind!r}")
+        raise UsageError(f"--data: expected shapes, digits or folder:PATH, got {kind!r}")
     return mk(args.seed, args.train_videos), mk(args.seed + 1_000_003, args.eval_videos)  # disjoint seeds
 
 
@@ -65,16 +77,81 @@ def dequantize(clips, n_bits, seed, step, rank, device):
     return flowkern.preprocess(clips, n_bits=n_bits, generator=g).to(device)
 
 
+# ---------------------------------------------------------------------------------------------- errors
+class UsageError(ValueError):
+    """A problem with the command's arguments or files, found before any work: the command exits with status 2."""
+
+
+class CheckpointError(UsageError):
+    """A checkpoint file that cannot be used; the message names the file and what is wrong."""
+
+
+class TrainingFailed(RuntimeError):
+    """The run did its end-of-run work but learned nothing: the command exits with status 1."""
+
+
+# ---------------------------------------------------------------------------------------------- files
+TMP_MARK = ".tmp-"  # temporaries are PATH.tmp-PID: ignorable, and removable once PID is dead
+
+
+def atomic_write(path, write):
+    """write(tmp_path), flush it to disk, rename it over `path` and flush the folder: a crash leaves the old file or
+    the new one, never half of one. On any failure (Ctrl-C included) the temporary file is removed."""
+    tmp = f"{path}{TMP_MARK}{os.getpid()}"
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+        raise
+    _fsync_dir(os.path.dirname(os.path.abspath(path)))
+
+
+def _fsync_dir(folder):
+    """Make a rename durable (POSIX; Windows cannot open folders)."""
+    if os.name == "posix":
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _remove_stale_temporaries(folder):
+    """Temporary files of writers killed outright (no finally ran): removed once their process is gone."""
+    if os.name != "posix" or not os.path.isdir(folder):  # os.kill(pid, 0) would terminate the process on Windows
+        return
+    for name in os.listdir(folder):
+        m = re.search(re.escape(TMP_MARK) + r"(\d+)(\.\w+)?$", name)
+        if not m:
+            continue
+        pid = int(m.group(1))
+        try:
+            if pid != os.getpid():
+                os.kill(pid, 0)
+                continue  # its writer is alive (another run?): leave it
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue  # alive, owned by someone else
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(os.path.join(folder, name))
+
+
 # ---------------------------------------------------------------------------------------------- checkpoints
+TRAIN_KEYS = ("model", "optimizer", "step", "config", "args", "metrics", "rng_cpu")
+
+
 def save_checkpoint(path, model, opt, step, args, cfg, metrics):
     state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
              "config": _plain(dataclasses.asdict(cfg)), "args": _plain(vars(args)), "metrics": metrics,
              "rng_cpu": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["rng_cuda"] = torch.cuda.get_rng_state_all()
-    tmp = f"{path}.tmp-{os.getpid()}"
-    torch.save(state, tmp)
-    os.replace(tmp, path)  # atomic: a crash leaves the previous checkpoint intact
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
 def _plain(d):
@@ -88,8 +165,34 @@ def _plain(d):
     return out
 
 
-def load_checkpoint(path, map_location="cpu"):
-    return torch.load(path, map_location=map_location, weights_only=True)
+def load_checkpoint(path, map_location="cpu", required=TRAIN_KEYS):
+    """A checkpoint of this command, loaded with weights_only=True (a file from elsewhere cannot run code). Raises
+    CheckpointError naming the file and what is wrong with it."""
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{path}: no such file")
+    if os.path.getsize(path) == 0:
+        raise CheckpointError(f"{path}: the file is empty")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError:
+        # torch's message advises weights_only=False: wrong for a file we do not know, so it is not passed on
+        raise CheckpointError(f"{path}: holds Python objects that are not tensors and plain values (or is not a torch "
+                              "file); it was not loaded, since unpickling them could run arbitrary code") from None
+    except Exception as e:  # noqa: BLE001 - zip, EOF, key errors from a damaged file all mean the same here
+        detail = str(e).split(". ")[0]
+        raise CheckpointError(f"{path}: cannot read it as a torch checkpoint (truncated, damaged, or another "
+                              f"format): {type(e).__name__}: {detail}") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: not a checkpoint of flowkern.models.train (expected a dict with "
+                              f"{', '.join(required)}; it holds a {type(state).__name__})")
+    missing = [k for k in required if k not in state]
+    if missing:
+        raise CheckpointError(f"{path}: not a checkpoint of flowkern.models.train (it lacks {', '.join(missing)})")
+    if not (isinstance(state["config"], dict) and isinstance(state["args"], dict)) or (
+            "step" in required and not isinstance(state["step"], int)):
+        raise CheckpointError(f"{path}: not a checkpoint of flowkern.models.train (its config, args or step is "
+                              "malformed)")
+    return state
 
 
 def config_from(d) -> VideoFlowConfig:
@@ -98,6 +201,43 @@ def config_from(d) -> VideoFlowConfig:
     if "dilations" in d:
         d["dilations"] = tuple(d["dilations"])
     return VideoFlowConfig(**d)
+
+
+def model_from_checkpoint(state, path):
+    """The VideoFlow a checkpoint describes, with its weights; CheckpointError if they do not fit its config."""
+    try:
+        model = VideoFlow(config_from(state["config"]))
+        model.load_state_dict(state["model"])
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"{path}: its weights do not fit its config: {str(e).splitlines()[0]}") from None
+    return model
+
+
+FLAG_OF_FIELD = {"levels": "--levels", "steps": "--flow-steps", "hidden": "--hidden", "context": "--context",
+                 "n_bits": "--n-bits", "image_size": "--image-size"}
+
+
+def resolve_config(args) -> VideoFlowConfig:
+    """The model config: --config with the command line's overrides."""
+    overrides = {"levels": args.levels, "steps": args.flow_steps, "hidden": args.hidden, "context": args.context,
+                 "n_bits": args.n_bits, "image_size": args.image_size}
+    cfg = dataclasses.replace(CONFIGS[args.config], **{k: v for k, v in overrides.items() if v is not None})
+    if cfg.image_size % 2 ** cfg.levels:  # each level halves the frame
+        raise UsageError(f"--image-size: expected a multiple of {2 ** cfg.levels} (2 ** levels, levels "
+                         f"{cfg.levels}), got {cfg.image_size}")
+    return cfg
+
+
+def _config_differences(saved, cfg, saved_args, args):
+    diffs = []
+    for f in dataclasses.fields(cfg):
+        old, new = getattr(saved, f.name), getattr(cfg, f.name)
+        if old != new:
+            flag = FLAG_OF_FIELD.get(f.name)
+            diffs.append(f"{flag} {old} in the checkpoint, {new} now" if flag else
+                         f"--config {saved_args.get('config')} in the checkpoint, {args.config} now ({f.name} {old} "
+                         f"vs {new})")
+    return diffs
 
 
 # ---------------------------------------------------------------------------------------------- evaluation
@@ -117,7 +257,9 @@ def evaluate(model, dataset, args, cfg, device, rank, world):
         dist.all_reduce(total)
         dist.all_reduce(count)
     model.train()
-    return (total / count.clamp_min(1)).item()
+    if count.item() == 0:  # never log a perfect score of nothing
+        raise RuntimeError("evaluate: no held-out clip was evaluated")
+    return (total / count).item()
 
 
 @torch.no_grad()
@@ -141,10 +283,68 @@ def write_samples(model, dataset, args, cfg, device, tag):
 
 
 # ---------------------------------------------------------------------------------------------- training
+LOG_HEADER = ["step", "train_bpp", "lr", "grad_norm", "skipped", "eval_bpp", "seconds"]
+RUN_FILES = ("checkpoint.pt", "metrics.csv")  # an --out holding one of these holds a run
+RUN_FOLDERS = ("samples", "tb")
+
+
+def prepare(args):
+    """Every check that needs the files (the --out folder, the checkpoint, the data), before any rank writes:
+    (cfg, checkpoint state or None, train set, eval set). Raises UsageError."""
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise UsageError(f"--out: {args.out} exists and is not a directory")
+    cfg = resolve_config(args)
+    ckpt_path = os.path.join(args.out, "checkpoint.pt")
+    existing = [f for f in RUN_FILES if os.path.exists(os.path.join(args.out, f))]
+    if existing and not (args.resume or args.overwrite):
+        raise UsageError(f"--out: {args.out} holds a run ({', '.join(existing)}): pass --resume to continue it, "
+                         "--overwrite to replace it, or choose another --out")
+    resume = None
+    if args.resume and os.path.exists(ckpt_path):
+        try:
+            resume = load_checkpoint(ckpt_path)
+        except CheckpointError as e:
+            raise UsageError(f"--resume: {e}") from None
+        diffs = _config_differences(config_from(resume["config"]), cfg, resume["args"], args)
+        if diffs:  # the checkpoint's model is what would train: say so rather than record arguments it did not use
+            raise UsageError(f"--resume: the checkpoint in {args.out} was trained with other model arguments: "
+                             f"{'; '.join(diffs)}. Resume with the checkpoint's values, or train into another --out")
+        if resume["step"] >= args.steps:
+            raise UsageError(f"--steps {args.steps}: the checkpoint in {args.out} is already at step "
+                             f"{resume['step']}; give a larger --steps to train further")
+    train_set, eval_set = make_datasets(args, cfg)
+    world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
+    per_process = len(DistributedSampler(train_set, num_replicas=world, rank=rank, drop_last=True))
+    if per_process < args.batch_size:
+        raise UsageError(f"--batch-size {args.batch_size}: expected at most the {per_process} training clips per "
+                         f"process ({len(train_set)} clips over {world} processes; see --train-videos or --data)")
+    return cfg, resume, train_set, eval_set
+
+
+def _start_log(path, start):
+    """The metrics log, holding exactly the rows up to `start` (rows a crashed run logged after the checkpoint we
+    resume from are dropped), rewritten atomically."""
+    rows = []
+    if start > 0 and os.path.exists(path):
+        with open(path, newline="") as f:
+            rows = [r for r in csv.reader(f) if r and r[0].isdigit() and int(r[0]) <= start]
+
+    def write(tmp):
+        with open(tmp, "w", newline="") as f:
+            csv.writer(f).writerows([LOG_HEADER] + rows)
+    atomic_write(path, write)
+
+
+def _due(done, every):
+    return every > 0 and done % every == 0
+
+
 def train(args):
+    cfg, resume, train_set, eval_set = prepare(args)  # before any process writes anything
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     if distributed:
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        dist.barrier()  # every rank has checked --out before rank 0 writes to it
     rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
     if torch.cuda.is_available() and args.device != "cpu":
         local = int(os.environ.get("LOCAL_RANK", "0"))
@@ -153,52 +353,54 @@ def train(args):
     else:
         device = torch.device("cpu")
         keep_freed_cpu_memory()  # no page faults on reallocating each step's activations
-    os.makedirs(args.out, exist_ok=True)
     ckpt_path = os.path.join(args.out, "checkpoint.pt")
+    log_path = os.path.join(args.out, "metrics.csv")
+    if rank == 0:
+        os.makedirs(args.out, exist_ok=True)
+        if args.overwrite:  # asked for explicitly: the old run's files go, so nothing stale mixes with the new
+            for name in RUN_FILES:
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(os.path.join(args.out, name))
+            for name in RUN_FOLDERS:
+                shutil.rmtree(os.path.join(args.out, name), ignore_errors=True)
+        for folder in (args.out, os.path.join(args.out, "samples")):
+            _remove_stale_temporaries(folder)
 
-    cfg = dataclasses.replace(CONFIGS[args.config])
-    overrides = {"levels": args.levels, "steps": args.flow_steps, "hidden": args.hidden, "context": args.context,
-                 "n_bits": args.n_bits, "image_size": args.image_size}
-    cfg = dataclasses.replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
-    resume = load_checkpoint(ckpt_path) if args.resume and os.path.exists(ckpt_path) else None
-    if resume is not None:
-        cfg = config_from(resume["config"])
     torch.manual_seed(args.seed)
-    model = VideoFlow(cfg).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=args.lr)
+    try:
+        model = (model_from_checkpoint(resume, ckpt_path) if resume else VideoFlow(cfg)).to(device)
+        opt = torch.optim.Adam(model.parameters(), lr=args.lr)
+        if resume:
+            opt.load_state_dict(resume["optimizer"])
+    except CheckpointError as e:
+        raise UsageError(f"--resume: {e}") from None
+    except ValueError as e:
+        raise UsageError(f"--resume: {ckpt_path}: its optimizer state does not fit the model: {e}") from None
     start, metrics = 0, {}
     if resume is not None:
-        model.load_state_dict(resume["model"])
-        opt.load_state_dict(resume["optimizer"])
-        start, metrics = resume["step"], resume.get("metrics", {})
+        start, metrics = resume["step"], resume["metrics"]
         torch.set_rng_state(resume["rng_cpu"])
     ddp = torch.nn.parallel.DistributedDataParallel(model) if distributed else model
 
-    train_set, eval_set = make_datasets(args, cfg)
     sampler = DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=args.seed,
                                  drop_last=True)
-    log_path = os.path.join(args.out, "metrics.csv")
-    if rank == 0 and start > 0 and os.path.exists(log_path):  # drop rows logged after the checkpoint we resume from
-        with open(log_path, newline="") as f:
-            rows = [r for r in csv.reader(f) if not r or not r[0].isdigit() or int(r[0]) <= start]
-        with open(log_path, "w", newline="") as f:
-            csv.writer(f).writerows(rows)
+    if rank == 0:
+        _start_log(log_path, start)
     log = open(log_path, "a", newline="") if rank == 0 else None
     writer = csv.writer(log) if log else None
-    if writer and start == 0:
-        writer.writerow(["step", "train_bpp", "lr", "grad_norm", "skipped", "eval_bpp", "seconds"])
     tb = None
     if args.tensorboard and rank == 0:
         from torch.utils.tensorboard import SummaryWriter
         tb = SummaryWriter(os.path.join(args.out, "tb"))
 
     good = _snapshot(model, opt)
-    skipped = metrics.get("skipped", 0)
+    skipped, skipped_here = metrics.get("skipped", 0), 0
     t0 = time.time() - metrics.get("seconds", 0.0)  # the seconds column counts training time across resumes
     D = cfg.in_channels * cfg.image_size ** 2
     bar = tqdm(range(start, args.steps), initial=start, total=args.steps, disable=rank != 0, desc="train")
     for step in bar:
-        lr = args.lr * min(1.0, (step + 1) / max(1, args.warmup))
+        done, last = step + 1, step + 1 == args.steps
+        lr = args.lr * min(1.0, done / max(1, args.warmup))
         for group in opt.param_groups:
             group["lr"] = lr
         video = dequantize(batch_at(train_set, sampler, step, args.batch_size), cfg.n_bits, args.seed, step, rank,
@@ -212,38 +414,44 @@ def train(args):
             finite = finite.float()
             dist.all_reduce(finite, op=dist.ReduceOp.MIN)
             finite = finite.bool()
-        if not bool(finite):  # NaN/Inf guard: skip this step and restore the last good state
+        if bool(finite):
+            opt.step()
+            if done % args.snapshot_every == 0:
+                good = _snapshot(model, opt)
+        else:  # NaN/Inf guard: skip this step and restore the last good state; the end-of-run work still happens
             skipped += 1
+            skipped_here += 1
             model.load_state_dict(good[0])
             opt.load_state_dict(good[1])
-            continue
-        opt.step()
-        if (step + 1) % args.snapshot_every == 0:
-            good = _snapshot(model, opt)
         train_bpp = (loss.item() + cfg.n_bits * math.log(2)) / math.log(2)
         eval_bpp = ""
-        if (step + 1) % args.eval_every == 0 or step + 1 == args.steps:
+        if last or _due(done, args.eval_every):
             eval_bpp = evaluate(model, eval_set, args, cfg, device, rank, world)
-            metrics.setdefault("eval", []).append([step + 1, eval_bpp])
+            metrics.setdefault("eval", []).append([done, eval_bpp])
         metrics["skipped"], metrics["seconds"] = skipped, time.time() - t0
         if rank == 0:
             bar.set_postfix(bpp=f"{train_bpp:.3f}", eval=eval_bpp if eval_bpp == "" else f"{eval_bpp:.3f}")
-            writer.writerow([step + 1, f"{train_bpp:.5f}", f"{lr:.3g}", f"{gnorm.item():.4g}", skipped,
+            writer.writerow([done, f"{train_bpp:.5f}", f"{lr:.3g}", f"{gnorm.item():.4g}", skipped,
                              eval_bpp if eval_bpp == "" else f"{eval_bpp:.5f}", f"{time.time() - t0:.1f}"])
             log.flush()
             if tb:
-                tb.add_scalar("train/bpp", train_bpp, step + 1)
+                if bool(finite):
+                    tb.add_scalar("train/bpp", train_bpp, done)
                 if eval_bpp != "":
-                    tb.add_scalar("eval/bpp", eval_bpp, step + 1)
-            if (step + 1) % args.ckpt_every == 0 or step + 1 == args.steps:
-                save_checkpoint(ckpt_path, model, opt, step + 1, args, cfg, metrics)
-            if args.sample_every and ((step + 1) % args.sample_every == 0 or step + 1 == args.steps):
-                write_samples(model, eval_set, args, cfg, device, f"step{step + 1}")
+                    tb.add_scalar("eval/bpp", eval_bpp, done)
+            if last or _due(done, args.ckpt_every):
+                save_checkpoint(ckpt_path, model, opt, done, args, cfg, metrics)
+            if last or _due(done, args.sample_every):
+                write_samples(model, eval_set, args, cfg, device, f"step{done}")
     if log:
         log.close()
     if distributed:
         dist.barrier()
         dist.destroy_process_group()
+    if skipped_here == args.steps - start:
+        raise TrainingFailed(f"all {skipped_here} steps of this run were skipped by the NaN/Inf guard (the loss or "
+                             f"the gradient norm was never finite): nothing was learned. The checkpoint, log and "
+                             f"samples are in {args.out}; try a lower --lr or --clip, and check the data")
     return model, metrics
 
 
@@ -260,43 +468,108 @@ def _snapshot(model, opt):
     return to_host(model.state_dict()), to_host(opt.state_dict())
 
 
+# ---------------------------------------------------------------------------------------------- arguments
+def _int_check(test, expected):
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or not test(value):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+        return value
+    parse.__name__ = expected  # argparse names the type in some messages
+    return parse
+
+
+def _float_check(test, expected):
+    def parse(text):
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not (math.isfinite(value) and test(value)):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+        return value
+    parse.__name__ = expected
+    return parse
+
+
+positive_int = _int_check(lambda v: v > 0, "a positive integer")
+nonnegative_int = _int_check(lambda v: v >= 0, "a non-negative integer")
+every_int = _int_check(lambda v: v >= 0, "0 (only at the end) or a positive integer")
+clip_frames = _int_check(lambda v: v >= 2, "an integer >= 2 (context and predicted frames)")
+n_bits_int = _int_check(lambda v: 1 <= v <= 8, "an integer from 1 to 8")
+positive_float = _float_check(lambda v: v > 0, "a positive number")
+nonnegative_float = _float_check(lambda v: v >= 0, "a non-negative number")
+
+
+def data_source(text):
+    if text in ("shapes", "digits"):
+        return text
+    if text.startswith("folder:"):
+        if not os.path.isdir(text.split(":", 1)[1]):
+            raise argparse.ArgumentTypeError(f"{text}: not a directory")
+        return text
+    raise argparse.ArgumentTypeError(f"expected shapes, digits or folder:PATH, got {text!r}")
+
+
 def parser():
     p = argparse.ArgumentParser(prog="python -m flowkern.models.train", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="model", required=True)
     v = sub.add_parser("videoflow", help="VideoFlow (Kumar et al. 2020)")
     v.add_argument("--config", choices=sorted(CONFIGS), default="shapes")
-    v.add_argument("--data", default="shapes", help="shapes | digits | folder:PATH (videos or .npy/.npz)")
-    v.add_argument("--out", default="runs/videoflow")
-    v.add_argument("--steps", type=int, default=2000)
-    v.add_argument("--batch-size", type=int, default=8, help="per process")
-    v.add_argument("--frames", type=int, default=3, help="frames per training clip (whole clips, not windows)")
-    v.add_argument("--lr", type=float, default=3e-4)
-    v.add_argument("--warmup", type=int, default=200, help="linear learning-rate warm-up steps")
-    v.add_argument("--clip", type=float, default=50.0, help="gradient-norm clipping")
-    v.add_argument("--eval-every", type=int, default=200)
-    v.add_argument("--eval-clips", type=int, default=64)
-    v.add_argument("--ckpt-every", type=int, default=200)
-    v.add_argument("--snapshot-every", type=int, default=50, help="in-memory last-good state for the NaN guard")
-    v.add_argument("--sample-every", type=int, default=0, help="write sample videos every N steps (0: at the end)")
-    v.add_argument("--num-samples", type=int, default=4)
-    v.add_argument("--temperature", type=float, default=0.7)
-    v.add_argument("--train-videos", type=int, default=20000)
-    v.add_argument("--eval-videos", type=int, default=256)
-    v.add_argument("--seed", type=int, default=0)
-    v.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt if it exists")
+    v.add_argument("--data", type=data_source, default="shapes",
+                   help="shapes | digits | folder:PATH (videos or .npy/.npz; see flowkern.models.data.VALUE_RULES)")
+    v.add_argument("--out", default="runs/videoflow", help="the run's folder; one that holds a run needs --resume "
+                                                           "or --overwrite")
+    v.add_argument("--steps", type=positive_int, default=2000, help="total steps (with --resume: counting the "
+                                                                     "checkpoint's)")
+    v.add_argument("--batch-size", type=positive_int, default=8, help="per process")
+    v.add_argument("--frames", type=clip_frames, default=3, help="frames per training clip (whole clips, not windows)")
+    v.add_argument("--lr", type=positive_float, default=3e-4)
+    v.add_argument("--warmup", type=nonnegative_int, default=200, help="linear learning-rate warm-up steps (0: none)")
+    v.add_argument("--clip", type=positive_float, default=50.0, help="gradient-norm clipping")
+    v.add_argument("--eval-every", type=every_int, default=200, help="evaluate every N steps (0: only at the end; "
+                                                                     "always at the end)")
+    v.add_argument("--eval-clips", type=positive_int, default=64)
+    v.add_argument("--ckpt-every", type=every_int, default=200, help="checkpoint every N steps (0: only at the end; "
+                                                                     "always at the end)")
+    v.add_argument("--snapshot-every", type=positive_int, default=50,
+                   help="in-memory last-good state for the NaN guard")
+    v.add_argument("--sample-every", type=every_int, default=0, help="write sample videos every N steps (0: only at "
+                                                                     "the end; always at the end)")
+    v.add_argument("--num-samples", type=positive_int, default=4)
+    v.add_argument("--temperature", type=nonnegative_float, default=0.7)
+    v.add_argument("--train-videos", type=positive_int, default=20000)
+    v.add_argument("--eval-videos", type=positive_int, default=256)
+    v.add_argument("--seed", type=nonnegative_int, default=0)
+    again = v.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true",
+                       help="continue from OUT/checkpoint.pt if it exists (same model arguments)")
+    again.add_argument("--overwrite", action="store_true",
+                       help="delete the run in OUT (checkpoint, log, samples) and start again")
     v.add_argument("--tensorboard", action="store_true")
     v.add_argument("--device", choices=["auto", "cpu"], default="auto")
-    for name in ("levels", "flow-steps", "hidden", "context", "n-bits", "image-size"):
-        v.add_argument(f"--{name}", type=int, default=None, help="override the config's value")
+    for name in ("levels", "flow-steps", "hidden", "context"):
+        v.add_argument(f"--{name}", type=positive_int, default=None, help="override the config's value")
+    v.add_argument("--n-bits", type=n_bits_int, default=None, help="override the config's value")
+    v.add_argument("--image-size", type=positive_int, default=None,
+                   help="override the config's value (a multiple of 2 ** levels)")
     return p
 
 
 def main(argv=None):
-    args = parser().parse_args(argv)
-    if args.sample_every == 0:
-        args.sample_every = args.steps
-    train(args)
+    p = parser()
+    args = p.parse_args(argv)
+    try:
+        train(args)
+    except UsageError as e:  # found before any work: a usage error, with the command's usage
+        p.error(str(e))
+    except TrainingFailed as e:
+        print(f"{p.prog}: error: {e}", file=sys.stderr)
+        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":

@@ -1,4 +1,6 @@
-"""Writing videos (GIF / MP4 through imageio + PyAV) and PNG grids of frames."""
+"""Writing videos (GIF / MP4 through imageio + PyAV) and PNG grids of frames. Each file is written under a temporary
+name and renamed: a crash never leaves a half-written sample under its real name."""
+import contextlib
 import os
 
 import numpy as np
@@ -14,14 +16,28 @@ def to_uint8_frames(video: torch.Tensor, n_bits: int = 8) -> np.ndarray:
     return v.permute(0, 2, 3, 1).contiguous().numpy()
 
 
+def _replace_with(path: str, write) -> None:
+    """write(tmp) then rename tmp over path; tmp keeps the extension (imageio picks the format by it) and is
+    removed on failure."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    root, ext = os.path.splitext(path)
+    tmp = f"{root}.tmp-{os.getpid()}{ext}"
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+        raise
+
+
 def write_video(path: str, frames: np.ndarray, fps: int = 4) -> None:
     """frames (T, H, W, 3) uint8 -> GIF or MP4 by the path's extension."""
     import imageio.v3 as iio
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     if path.lower().endswith(".gif"):
-        iio.imwrite(path, frames, duration=1000 // fps, loop=0)
+        _replace_with(path, lambda tmp: iio.imwrite(tmp, frames, duration=1000 // fps, loop=0))
     else:
-        iio.imwrite(path, frames, fps=fps, plugin="pyav", codec="libx264")
+        _replace_with(path, lambda tmp: iio.imwrite(tmp, frames, fps=fps, plugin="pyav", codec="libx264"))
 
 
 def write_grid(path: str, videos: np.ndarray, pad: int = 2) -> None:
@@ -33,5 +49,4 @@ def write_grid(path: str, videos: np.ndarray, pad: int = 2) -> None:
         for t in range(T):
             y, x = pad + i * (H + pad), pad + t * (W + pad)
             grid[y:y + H, x:x + W] = videos[i, t]
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    iio.imwrite(path, grid)
+    _replace_with(path, lambda tmp: iio.imwrite(tmp, grid))

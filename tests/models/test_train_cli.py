@@ -2,7 +2,10 @@
 import csv
 import os
 import socket
+import subprocess
+import sys
 
+import pytest
 import torch
 import torch.multiprocessing as mp
 
@@ -59,6 +62,85 @@ def test_nan_guard_skips_the_step_and_restores_the_last_good_state(tmp_path, mon
     state = run(tmp_path, 4)
     assert state["metrics"]["skipped"] == 1
     assert all(torch.isfinite(v).all() for v in state["model"].values() if torch.is_tensor(v))
+
+
+HEADER = "step,train_bpp,lr,grad_norm,skipped,eval_bpp,seconds"
+
+
+def test_an_existing_run_is_never_overwritten_unless_asked(tmp_path, capsys):
+    run(tmp_path, 4)
+    log = (tmp_path / "metrics.csv").read_text()
+    with pytest.raises(SystemExit) as exc:  # same out, no --resume: refused before any work
+        run(tmp_path, 2)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "--resume" in err and "--overwrite" in err and str(tmp_path) in err
+    assert torch.load(tmp_path / "checkpoint.pt", weights_only=True)["step"] == 4  # the run is intact
+    assert (tmp_path / "metrics.csv").read_text() == log
+    state = run(tmp_path, 2, "--overwrite")  # asked explicitly: a clean new run
+    assert state["step"] == 2
+    lines = (tmp_path / "metrics.csv").read_text().splitlines()
+    assert lines[0] == HEADER and lines.count(HEADER) == 1
+    assert [int(r["step"]) for r in csv.DictReader(open(tmp_path / "metrics.csv"))] == [1, 2]
+    assert not [f for f in os.listdir(tmp_path / "samples") if f.startswith("step4")]  # no stale samples
+
+
+def poison(monkeypatch, steps):
+    real = train_cli.dequantize
+
+    def poisoned(clips, n_bits, seed, step, rank, device):
+        out = real(clips, n_bits, seed, step, rank, device)
+        return out * float("nan") if step in steps else out
+
+    monkeypatch.setattr(train_cli, "dequantize", poisoned)
+
+
+def test_a_skipped_last_step_still_saves_evaluates_and_samples(tmp_path, monkeypatch):
+    poison(monkeypatch, {3})  # the last of 4 steps
+    state = run(tmp_path, 4, "--ckpt-every", "100", "--eval-every", "100")
+    assert state["step"] == 4 and state["metrics"]["skipped"] == 1
+    assert [s for s, _ in state["metrics"]["eval"]] == [4]
+    rows = list(csv.DictReader(open(tmp_path / "metrics.csv")))
+    assert rows[-1]["step"] == "4" and rows[-1]["skipped"] == "1" and float(rows[-1]["eval_bpp"]) > 0
+    assert "step4-0.gif" in os.listdir(tmp_path / "samples")
+
+
+def test_a_run_whose_every_step_is_skipped_fails_loudly(tmp_path, monkeypatch, capsys):
+    run(tmp_path, 2)  # (a NaN first batch already fails loudly: ActNorm's data-dependent init refuses it)
+    poison(monkeypatch, {2, 3})
+    with pytest.raises(SystemExit) as exc:
+        run(tmp_path, 4, "--resume")
+    assert exc.value.code == 1
+    assert "all 2 steps of this run were skipped" in capsys.readouterr().err
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    assert state["step"] == 4 and state["metrics"]["skipped"] == 2  # the end-of-run work was done
+
+
+def test_checkpoints_are_durable_and_leave_no_temporary_files(tmp_path, monkeypatch):
+    run(tmp_path, 2)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = tmp_path / f"checkpoint.pt.tmp-{dead.pid}"  # a writer killed mid-save (no finally ran)
+    stale.write_bytes(b"half a checkpoint")
+    synced = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: synced.append(fd) or real_fsync(fd))
+    run(tmp_path, 4, "--resume")
+    assert not stale.exists()  # cleaned up at start-up: its writer is dead
+    assert len(synced) >= 2  # the checkpoint file, then its folder after the rename
+
+    def interrupted(obj, f):  # a kill (Ctrl-C) in the middle of writing
+        open(f, "wb").write(b"partial")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_cli.torch, "save", interrupted)
+    model = torch.nn.Linear(1, 1)
+    with pytest.raises(KeyboardInterrupt):
+        train_cli.save_checkpoint(str(tmp_path / "checkpoint.pt"), model, torch.optim.Adam(model.parameters()), 5,
+                                  train_cli.parser().parse_args(ARGS), train_cli.CONFIGS["tiny"], {})
+    monkeypatch.undo()
+    assert not [f for f in os.listdir(tmp_path) if ".tmp" in f]
+    assert torch.load(tmp_path / "checkpoint.pt", weights_only=True)["step"] == 4  # the last good one is intact
 
 
 def test_two_process_gloo_training_keeps_ranks_identical(tmp_path):

@@ -1,5 +1,7 @@
 """Video datasets: the procedural ones follow their definitions; the folder loader reads what it is given or fails
 clearly."""
+import pickle
+
 import numpy as np
 import pytest
 import torch
@@ -81,3 +83,91 @@ def test_video_folder_errors_are_clear(tmp_path):
     (tmp_path / "broken.mp4").write_bytes(b"definitely not a video")
     with pytest.raises(ValueError, match="broken.mp4"):
         VideoFolder(str(tmp_path))
+
+
+def write_mp4(path, frames, keyframe_every):
+    """H.264 (with B-frames: decode order differs from display order) and a fixed keyframe interval."""
+    import av
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=25)
+        stream.height, stream.width = frames.shape[1:3]
+        stream.pix_fmt = "yuv420p"
+        stream.codec_context.gop_size = keyframe_every
+        for f in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")))
+        container.mux(stream.encode())
+
+
+def moving_pattern(num_frames, size):
+    yy, xx = np.mgrid[0:size, 0:size]
+    return np.stack([np.stack([xx * 5 + t * 7, yy * 3 + t * 11, xx + yy + t * 13], -1) % 256
+                     for t in range(num_frames)]).astype(np.uint8)
+
+
+def test_video_folder_decodes_only_each_clips_frames(tmp_path, monkeypatch):
+    import av
+    write_mp4(tmp_path / "long.mp4", moving_pattern(60, 32), keyframe_every=10)
+    reference = read_video(str(tmp_path / "long.mp4"))  # every frame, decoded in order
+    decoded = [0]
+    real_open = av.open
+
+    class CountingContainer:  # counts the frames decoded through av.open, whoever calls it
+        def __init__(self, container):
+            self._container = container
+
+        def __getattr__(self, name):
+            return getattr(self._container, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return self._container.__exit__(*exc)
+
+        def decode(self, *args, **kwargs):
+            for frame in self._container.decode(*args, **kwargs):
+                decoded[0] += 1
+                yield frame
+
+    monkeypatch.setattr(av, "open", lambda *a, **k: CountingContainer(real_open(*a, **k)))
+    ds = VideoFolder(str(tmp_path), frames=4, size=32)
+    assert len(ds) == 15 and decoded[0] == 0  # the frame count comes from the container's metadata
+    for i in [11, 2, 14, 0, 7]:  # shuffled
+        decoded[0] = 0
+        clip = ds[i]
+        assert 4 <= decoded[0] <= 4 + 10  # from the keyframe before the clip to its last frame, no further
+        assert torch.equal(clip, torch.from_numpy(reference[4 * i:4 * i + 4]).permute(0, 3, 1, 2))
+    assert len(pickle.dumps(ds)) < 60 * 32 * 32 * 3 // 10  # what DataLoader workers get holds no decoded video
+
+
+def test_video_folder_clips_match_the_whole_file_in_any_order(tmp_path):
+    frames = moving_pattern(40, 24)
+    write_mp4(tmp_path / "a.mp4", frames, keyframe_every=6)
+    import imageio.v3 as iio
+    iio.imwrite(tmp_path / "b.gif", frames[:11], duration=100, loop=0)
+    np.save(tmp_path / "c.npy", frames[:13])
+    np.savez(tmp_path / "d.npz", video=frames[:9].astype(np.float64) / 255.0)
+    whole = {f: read_video(str(tmp_path / f)) for f in ("a.mp4", "b.gif", "c.npy", "d.npz")}
+    assert [len(v) for v in whole.values()] == [40, 11, 13, 9]
+    assert np.array_equal(whole["c.npy"], frames[:13]) and np.array_equal(whole["d.npz"], frames[:9])
+    ds = VideoFolder(str(tmp_path), frames=3, size=24, stride=2)
+    order = np.random.default_rng(0).permutation(len(ds))
+    for i in order:
+        path, start = ds.index[i]
+        want = whole[path.rsplit("/", 1)[1]][start:start + 3]
+        assert torch.equal(ds[i], torch.from_numpy(want).permute(0, 3, 1, 2)), (path, start)
+
+
+def test_loader_benchmark_runs_and_cleans_up(tmp_path):
+    import importlib.util
+    import os
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    spec = importlib.util.spec_from_file_location("bench_video_data",
+                                                  os.path.join(root, "benchmarks", "bench_video_data.py"))
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    rows = bench.run("smoke", tmp_dir=str(tmp_path))
+    assert len(rows) == bench.count("smoke")
+    assert {r["access"] for r in rows} == {"shuffled", "in order"}
+    assert all(r["bench"] == "video_data" and r["clips_per_s"] > 0 for r in rows)  # no speed is asserted
+    assert os.listdir(tmp_path) == []  # its videos were written to a temporary folder, then removed
