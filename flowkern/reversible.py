@@ -4,11 +4,12 @@
 its context and (implicitly) the parameters. Backward walks the steps in reverse: it reconstructs each step's input
 by inverting the step from its output, recomputes that one step with grad enabled, and backpropagates through it.
 So activation memory does not grow with depth; the price is one extra inverse and one extra forward per step in
-backward (the coupling network then runs twice more per step than in forward, vs once more for checkpointing).
+backward. Steps with a `reversible_backward` (FlowStep) do better: they reconstruct and differentiate with one extra
+coupling-network forward per step, as checkpointing does.
 
 Rules:
-- ActNorm's data-dependent init needs the real forward: while any ActNorm in the chain is uninitialised in training
-  mode, the chain runs with plain autograd (so the first training batch costs normal memory), then reversibly.
+- A data-dependent init (ActNorm) needs the real forward: while any module in the chain says `needs_init()`, the
+  chain runs with plain autograd (so the first training batch costs normal memory), then reversibly.
 - Under torch.no_grad() (inference) there is no reversible machinery at all.
 - Autocast state is recorded in forward and restored for the recomputation, so backward sees the same numerics.
 - Parameter and context gradients are returned through autograd (not accumulated on the side), so
@@ -28,12 +29,8 @@ class ReconstructionError(RuntimeError):
 
 
 def needs_plain_forward(steps: Sequence[nn.Module]) -> bool:
-    """True while a data-dependent init (ActNorm) is pending in training mode."""
-    for step in steps:
-        for m in step.modules():
-            if getattr(m, "training", False) and getattr(m, "_initialized", True) is False:
-                return True
-    return False
+    """True while a data-dependent init (ActNorm2d.needs_init()) is pending."""
+    return any(callable(getattr(m, "needs_init", None)) and m.needs_init() for step in steps for m in step.modules())
 
 
 class Verify:

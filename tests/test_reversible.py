@@ -10,7 +10,7 @@ from _helpers import randomize_
 import flowkern
 from flowkern import (ActNorm2d, AffineCoupling, FlowSequence, FlowStep, Glow, InvConv1x1LU, ReconstructionError,
                       Squeeze2d)
-from flowkern.utils import saved_tensor_bytes
+from flowkern.memory import saved_tensor_bytes
 
 
 def grads_of(model, x, ctx, R):

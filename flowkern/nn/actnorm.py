@@ -12,8 +12,9 @@ class ActNorm2d(nn.Module):
     s = exp(log_scale), so it stays positive and invertible; logdet = H*W*sum(log s).
     On the first forward in training mode, b and s are set so that the batch has zero mean and unit variance per
     channel (a channel with (near-)zero variance keeps s = 1 instead of blowing up). Under torch.distributed the
-    statistics are all-reduced, so every rank gets the same init. `initialized` is a buffer: it is saved in the
-    state_dict, and loading a checkpoint never re-initialises.
+    statistics are all-reduced, so every rank gets the same init. The `initialized` buffer is the truth: it is saved in
+    the state_dict (loading a checkpoint never re-initialises), `mark_initialized()` sets it (e.g. for parameters
+    set by hand), and `is_initialized()` reads it.
     """
 
     def __init__(self, num_channels: int, eps: float = 1e-6):
@@ -23,14 +24,31 @@ class ActNorm2d(nn.Module):
         self.bias = nn.Parameter(torch.zeros(num_channels))
         self.log_scale = nn.Parameter(torch.zeros(num_channels))
         self.register_buffer("initialized", torch.tensor(False))
-        self._initialized = False  # python mirror of the buffer: no device sync per forward
+        self._init_seen = (None, -1, False)  # (buffer, its version, its value) when last read
 
     def scale(self) -> torch.Tensor:
         return self.log_scale.exp()
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-        self._initialized = bool(self.initialized)
+    def is_initialized(self) -> bool:
+        """The value of the `initialized` buffer. Reading a GPU buffer synchronises the device, so it is read again
+        only when the buffer changed since the last read (another tensor, or its version counter moved)."""
+        buf = self.initialized
+        seen, version, value = self._init_seen
+        if torch.compiler.is_compiling():  # a compiled graph guards on this Python value instead
+            return value
+        if seen is not buf or version != buf._version:
+            value = bool(buf)
+            self._init_seen = (buf, buf._version, value)
+        return value
+
+    def mark_initialized(self, value: bool = True) -> None:
+        """Set the `initialized` buffer: True skips the data-dependent init (parameters set by hand or loaded)."""
+        self.initialized.fill_(value)
+        self._init_seen = (self.initialized, self.initialized._version, bool(value))  # no read back (meta device)
+
+    def needs_init(self) -> bool:
+        """Whether the next forward runs the data-dependent init (training mode, not yet initialised)."""
+        return self.training and not self.is_initialized()
 
     @torch.no_grad()
     def initialize(self, x: torch.Tensor) -> None:
@@ -50,11 +68,10 @@ class ActNorm2d(nn.Module):
         log_scale = torch.where(std > self.eps, -torch.log(std.clamp_min(self.eps)), torch.zeros_like(std))
         self.bias.copy_(-mean)
         self.log_scale.copy_(log_scale)
-        self.initialized.fill_(True)
-        self._initialized = True
+        self.mark_initialized()
 
     def maybe_initialize(self, x: torch.Tensor) -> None:
-        if self.training and not self._initialized:
+        if self.needs_init():
             self.initialize(x)
 
     def logdet(self, x: torch.Tensor) -> torch.Tensor:
@@ -65,20 +82,15 @@ class ActNorm2d(nn.Module):
         check_input(x, self.num_channels, type(self).__name__)
         self.maybe_initialize(x)
         s = self.scale().view(1, -1, 1, 1)
-        b = self.bias.view(1, -1, 1, 1)
-        if ops.uses_kernels(x):
-            # one elementwise pass, s * x + s * b (a diagonal channel_affine would spend C^2 FMAs per pixel); the
-            # fused kernel of ActNorm is the one it shares with the 1x1 conv inside FlowStep
-            y = torch.addcmul(s * b, x, s)
-        else:
-            y = (x + b) * s  # the reference, as written in Glow
+        # (x + b) * s in one elementwise pass (a diagonal channel_affine would spend C^2 FMAs per pixel); ActNorm's
+        # fused kernel is the one it shares with the 1x1 conv inside FlowStep (ops.actnorm_invconv)
+        y = torch.addcmul(s * self.bias.view(1, -1, 1, 1), x, s)
         return y, self.logdet(x)
 
     def inverse(self, y, context=None):
         check_input(y, self.num_channels, type(self).__name__)
         s = self.scale().view(1, -1, 1, 1)
-        b = self.bias.view(1, -1, 1, 1)
-        x = torch.addcmul(-b, y, 1.0 / s) if ops.uses_kernels(y) else y / s - b
+        x = torch.addcmul(-self.bias.view(1, -1, 1, 1), y, 1.0 / s)  # y / s - b in one pass
         return x, -self.logdet(y)
 
     def extra_repr(self):

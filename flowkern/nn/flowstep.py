@@ -11,8 +11,8 @@ from flowkern.nn.invconv import InvConv1x1, InvConv1x1LU
 class FlowStep(nn.Module):
     """One Glow step: ActNorm2d -> invertible 1x1 conv (LU or plain) -> affine/additive coupling.
 
-    With a kernel backend, ActNorm and the 1x1 conv run as one fused per-pixel affine map (one pass over x);
-    with the "torch" backend each sub-module runs its reference code.
+    ActNorm and the 1x1 conv run as one per-pixel affine map (ops.actnorm_invconv: one pass over x on the kernel
+    backends, the unfused reference on "torch"); the coupling's tail is ops.affine_coupling.
     """
 
     def __init__(self, num_channels: int, hidden: int = 512, context_channels: int = 0, affine: bool = True,
@@ -25,22 +25,14 @@ class FlowStep(nn.Module):
 
     def _affine(self, x):
         """ActNorm + 1x1 conv: (x', logdet)."""
-        if ops.uses_kernels(x):
-            self.actnorm.maybe_initialize(x)
-            return ops.actnorm_invconv(x, self.actnorm.scale(), self.actnorm.bias, self.invconv.weight(),
-                                       logdet_w=self.invconv.logdet_per_pixel())
-        y, ld0 = self.actnorm(x)
-        y, ld = self.invconv(y)
-        return y, ld + ld0
+        self.actnorm.maybe_initialize(x)
+        return ops.actnorm_invconv(x, self.actnorm.scale(), self.actnorm.bias, self.invconv.weight(),
+                                   logdet_w=self.invconv.logdet_per_pixel())
 
     def _affine_inverse(self, y):
-        if ops.uses_kernels(y):
-            return ops.actnorm_invconv_inverse(y, self.actnorm.scale(), self.actnorm.bias, self.invconv.weight(),
-                                               logdet_w=self.invconv.logdet_per_pixel(),
-                                               W_inv=self.invconv.weight_inverse())
-        x, ld = self.invconv.inverse(y)
-        x, ld0 = self.actnorm.inverse(x)
-        return x, ld + ld0
+        return ops.actnorm_invconv_inverse(y, self.actnorm.scale(), self.actnorm.bias, self.invconv.weight(),
+                                           logdet_w=self.invconv.logdet_per_pixel(),
+                                           W_inv=self.invconv.weight_inverse())
 
     def forward(self, x, context=None):
         check_input(x, self.num_channels, type(self).__name__)

@@ -2,7 +2,7 @@ import torch
 from torch import nn
 
 from flowkern import ops
-from flowkern.ops._common import no_autocast
+from flowkern.ops.checks import no_autocast
 from flowkern.nn._checks import check_input
 
 

@@ -1,4 +1,4 @@
-"""Memory accounting that works on any device."""
+"""Memory measurement: bytes saved for backward (any device), CUDA peak bytes, and the CPU allocator setting."""
 from typing import Callable
 
 import torch
