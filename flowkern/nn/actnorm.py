@@ -6,6 +6,13 @@ from flowkern import ops
 from flowkern.nn._checks import check_input
 
 
+def _all_reduce(t: torch.Tensor, maximum: bool = False) -> torch.Tensor:
+    """Sum (or maximum) over the ranks of torch.distributed when running distributed, in place; else t itself."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(t, op=dist.ReduceOp.MAX if maximum else dist.ReduceOp.SUM)
+    return t
+
+
 class ActNorm2d(nn.Module):
     """Per-channel affine y = s * (x + b) with data-dependent init (Glow).
 
@@ -52,21 +59,28 @@ class ActNorm2d(nn.Module):
 
     @torch.no_grad()
     def initialize(self, x: torch.Tensor) -> None:
-        """Data-dependent init from batch x (B, C, H, W)."""
-        check_input(x, self.num_channels, type(self).__name__)
+        """Data-dependent init from batch x (B, C, H, W): per-channel mean and standard deviation in float64, by a
+        scaled two-pass reduction (no cancellation for large offsets, no overflow for large values), all-reduced
+        across ranks under torch.distributed."""
+        name = type(self).__name__
+        check_input(x, self.num_channels, name)
         xd = x.detach().double().transpose(0, 1).reshape(self.num_channels, -1)
-        stats = torch.stack([xd.sum(1), (xd * xd).sum(1), torch.full_like(xd[:, 0], xd.shape[1])])
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            dist.all_reduce(stats)  # same init on every rank
-        if not torch.isfinite(stats).all():
-            raise ValueError(f"{type(self).__name__}: data-dependent init got non-finite values (NaN/Inf) in the "
-                             "first batch")
-        count = stats[2]
-        mean = stats[0] / count
-        var = (stats[1] / count - mean * mean).clamp_min(0.0)
-        std = var.sqrt()
+        finite = torch.isfinite(xd)
+        # pass 0: count, non-finite count and the largest magnitude, which scales the data into [-1, 1]
+        counts = _all_reduce(torch.stack([xd.new_full((self.num_channels,), xd.shape[1]), (~finite).sum(1).double()]))
+        if counts[1].any():
+            raise ValueError(f"{name}: data-dependent init got non-finite values (NaN/Inf) in the first batch")
+        count = counts[0]
+        if not count.all():
+            raise ValueError(f"{name}: data-dependent init needs a non-empty first batch, got shape "
+                             f"{tuple(x.shape)}")
+        amax = _all_reduce(xd.abs().amax(1), maximum=True)
+        xs = xd / torch.where(amax > 0, amax, torch.ones_like(amax))[:, None]
+        mean_s = _all_reduce(xs.sum(1)) / count  # pass 1: the mean (of the scaled data)
+        d = xs - mean_s[:, None]
+        std = (_all_reduce((d * d).sum(1)) / count).sqrt() * amax  # pass 2: centred, so nothing cancels
         log_scale = torch.where(std > self.eps, -torch.log(std.clamp_min(self.eps)), torch.zeros_like(std))
-        self.bias.copy_(-mean)
+        self.bias.copy_(-mean_s * amax)
         self.log_scale.copy_(log_scale)
         self.mark_initialized()
 

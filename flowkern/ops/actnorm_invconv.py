@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from flowkern.ops.channel_affine import (channel_affine, channel_affine_bwd, channel_affine_fwd, channel_affine_ref,
-                                         max_channels)
+from flowkern.ops.channel_affine import (channel_affine, channel_affine_bwd, channel_affine_bwd_ref, channel_affine_fwd,
+                                         channel_affine_ref, max_channels)
 from flowkern.ops.checks import acc_dtype, check_nchw, check_same_device, check_shape, needs_grad, no_autocast
 from flowkern.ops.dispatch import pick_backend
 
@@ -80,7 +80,7 @@ class ActNormInvConvFunction(torch.autograd.Function):
             A = (W_ * s_[None, :]).contiguous()
             y = channel_affine_fwd(x, A, A @ b_, backend)
             ld = _logdet(x, s_, W_, logdet_w).contiguous()
-        ctx.save_for_backward(x, s_, b_, W_, A)
+        ctx.save_for_backward(x, s, b, W, A)
         ctx.backend = backend
         ctx.dtypes = (s.dtype, b.dtype, W.dtype, logdet_w.dtype)
         ctx.set_materialize_grads(False)  # a loss without y must not cost a kernel pass over zeros
@@ -91,9 +91,17 @@ class ActNormInvConvFunction(torch.autograd.Function):
         x, s, b, W, A = ctx.saved_tensors
         need = ctx.needs_input_grad
         dx = ds = db = dW = dldw = None
+        acc = A.dtype
+        s, b, W = s.to(acc), b.to(acc), W.to(acc)
+        # grad mode is on here only under create_graph=True (double backward): then A is rebuilt from the inputs and
+        # the kernel's backward replaced by its torch twin, so autograd can differentiate this backward again
+        differentiable = torch.is_grad_enabled()
+        bwd = channel_affine_bwd_ref if differentiable else channel_affine_bwd
         with no_autocast(x):
+            if differentiable:
+                A = W * s[None, :]
             if dy is not None:
-                dx, dA, dc = channel_affine_bwd(x, dy.contiguous(), A, ctx.backend)
+                dx, dA, dc = bwd(x, dy.contiguous(), A, ctx.backend)
                 dA = torch.addr(dA, dc, b)  # c = A b adds dc b^T
             else:
                 dA, dc = A.new_zeros(A.shape), A.new_zeros(A.shape[0])

@@ -10,6 +10,7 @@ without atomics (bitwise reproducible), and the backward folds the logdet's grad
 
     affine_coupling_ref / affine_coupling_inverse_ref    the pure-torch references
     affine_coupling_fwd / _inv / _bwd                    kernel passes (registered as flowkern::affine_coupling_*)
+    affine_coupling_bwd_ref                              the backward in torch ops, for double backward
     affine_coupling / affine_coupling_inverse            the public ops: checks, backend choice, autograd
 Kernels: csrc/cpu/affine_coupling.cpp, csrc/cuda/affine_coupling.cu, flowkern/ops/triton/affine_coupling.py.
 """
@@ -93,6 +94,18 @@ def affine_coupling_bwd(y: Tensor, h: Tensor, dy: Tensor, dld: Tensor, affine: b
     return dx, dh
 
 
+def affine_coupling_bwd_ref(y: Tensor, h: Tensor, dy: Tensor, dld: Tensor, affine: bool,
+                            backend: str = "torch") -> Tuple[Tensor, Tensor]:
+    """affine_coupling_bwd in differentiable torch ops (for double backward)."""
+    dya, dyb, _, u = _split(dy, h, affine)
+    if u is None:
+        return dy, dyb
+    s = torch.sigmoid(u)
+    g = dyb * s
+    dhs = (dyb * y[:, y.shape[1] // 2:] + dld.view(-1, 1, 1, 1).to(s.dtype)) * (1.0 - s)
+    return torch.cat([dya, g], 1), torch.cat([g, dhs], 1)
+
+
 def _fwd_setup_context(ctx, inputs, output):
     x, h, affine, backend = inputs
     ctx.save_for_backward(output[0], h)  # y and h suffice: (x_b + h_t) * s * (1 - s) = y_b * (1 - s)
@@ -124,7 +137,7 @@ def _inv_backward(ctx, dx, dld, bwd=None):
     return dy, torch.cat([-xb_grad, dhs], 1), None, None
 
 
-affine_coupling_bwd_op = FusedOp(affine_coupling_bwd)
+affine_coupling_bwd_op = FusedOp(affine_coupling_bwd, reference=affine_coupling_bwd_ref)
 affine_coupling_fwd_op = FusedOp(affine_coupling_fwd, _fwd_setup_context, _fwd_backward, bwd=affine_coupling_bwd_op)
 affine_coupling_inv_op = FusedOp(affine_coupling_inv, _inv_setup_context, _inv_backward)
 

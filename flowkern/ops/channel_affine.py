@@ -5,7 +5,8 @@ once, and reduces dA = sum dy x^T and dc = sum dy through per-chunk partials (de
 
     channel_affine_ref   the pure-torch reference (a 1x1 conv)
     channel_affine_fwd   kernel forward: allocates y, launches (registered as flowkern::channel_affine_fwd)
-    channel_affine_bwd   kernel backward: dx, dA, dc (registered as flowkern::channel_affine_bwd)
+    channel_affine_bwd   kernel backward: dx, dA, dc (registered as flowkern::channel_affine_bwd); its twin in
+                         torch ops, channel_affine_bwd_ref, serves double backward
     channel_affine       the public op: checks, backend choice, autograd
 Kernels: csrc/cpu/channel_affine.cpp, csrc/cuda/channel_affine.cu, flowkern/ops/triton/channel_affine.py.
 """
@@ -67,6 +68,14 @@ def channel_affine_bwd(x: Tensor, dy: Tensor, A: Tensor, backend: str) -> Tuple[
     return dx, dA_part.sum(0), dc_part.sum(0)  # fixed-order sums of the partials: deterministic
 
 
+def channel_affine_bwd_ref(x: Tensor, dy: Tensor, A: Tensor, backend: str = "torch") -> Tuple[Tensor, Tensor, Tensor]:
+    """channel_affine_bwd in differentiable torch ops (for double backward)."""
+    with no_autocast(x):
+        dx = F.conv2d(dy, A.t().to(dy.dtype)[:, :, None, None])  # dx[j] = sum_i A[i, j] dy[i]
+        dA = torch.einsum("nihw,njhw->ij", dy.to(A.dtype), x.to(A.dtype))
+    return dx, dA, dy.to(A.dtype).sum((0, 2, 3))
+
+
 def _setup_context(ctx, inputs, output):
     x, A, c, backend = inputs
     ctx.save_for_backward(x, A)
@@ -80,7 +89,7 @@ def _backward(ctx, dy, bwd):
     return dx, dA, (dc if ctx.has_c else None), None
 
 
-channel_affine_bwd_op = FusedOp(channel_affine_bwd)
+channel_affine_bwd_op = FusedOp(channel_affine_bwd, reference=channel_affine_bwd_ref)
 channel_affine_fwd_op = FusedOp(channel_affine_fwd, _setup_context, _backward, bwd=channel_affine_bwd_op)
 
 

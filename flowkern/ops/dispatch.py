@@ -76,13 +76,14 @@ class FusedOp:
     - eager, when an input needs grad: an autograd.Function with the same impl and formula, which skips
       custom_op's dispatch (~50 us a call with autograd on CPU, as much as the kernel at Glow-step sizes);
     - eager without grad: impl alone.
-    The formula is `setup_context(ctx, inputs, output)` and `backward(ctx, *grads, bwd=...)`, where bwd is the
-    backward kernel's FusedOp in eager mode and its registered op under torch.compile.
+    The formula is `setup_context(ctx, inputs, output)` and `backward(ctx, *grads, bwd=...)`, where bwd computes the
+    backward kernel's pass: in eager mode its impl, or with create_graph=True (double backward) its `reference`, the
+    same function in differentiable torch ops; under torch.compile its registered op.
     """
 
     def __init__(self, impl: Callable, setup_context: Optional[Callable] = None, backward: Optional[Callable] = None,
-                 bwd: Optional["FusedOp"] = None):
-        self.name, self.impl = impl.__name__, impl
+                 bwd: Optional["FusedOp"] = None, reference: Optional[Callable] = None):
+        self.name, self.impl, self.reference = impl.__name__, impl, reference
         self.setup_context, self.backward, self.bwd = setup_context, backward, bwd
         self.eager = None if backward is None else self._eager_function()
 
@@ -108,7 +109,10 @@ class FusedOp:
 
             @staticmethod
             def backward(ctx, *grads):
-                return fused.backward(ctx, *grads, bwd=fused.bwd.impl if fused.bwd is not None else None)
+                kernel = fused.bwd
+                if kernel is not None:  # grad mode is on in backward only under create_graph=True
+                    kernel = kernel.reference if torch.is_grad_enabled() else kernel.impl
+                return fused.backward(ctx, *grads, bwd=kernel)
 
         Function.__name__ = Function.__qualname__ = f"{self.name}_function"
         return Function

@@ -130,6 +130,45 @@ def test_actnorm_init_refuses_non_finite_batch():
         m(x)
 
 
+@pytest.mark.parametrize("offset,std", [(1e6, 0.01), (1e8, 1.0), (-3e7, 2e-3)])
+def test_actnorm_init_is_numerically_stable(offset, std):
+    """Large offsets, small spread (float64): E[x^2] - mean^2 cancelled to scales of 64 or 90 instead of 100, and
+    called a channel of offset 1e8, std 1 constant."""
+    m = ActNorm2d(2).double().train()
+    x = offset + std * torch.randn(16, 2, 8, 8, dtype=torch.float64)
+    want = x.transpose(0, 1).reshape(2, -1).std(1, unbiased=False)
+    m(x)
+    torch.testing.assert_close(m.scale(), 1.0 / want, rtol=1e-6, atol=0.0)
+    torch.testing.assert_close(-m.bias, x.mean((0, 2, 3)), rtol=1e-12, atol=0.0)
+
+
+def test_actnorm_init_accepts_finite_batch_whose_squares_overflow():
+    m = ActNorm2d(1).double().train()
+    x = 1e200 * torch.randn(4, 1, 4, 4, dtype=torch.float64)  # x * x overflows float64
+    y, ld = m(x)
+    assert torch.isfinite(y).all() and torch.isfinite(ld).all()
+    torch.testing.assert_close(y.std(unbiased=False), torch.tensor(1.0, dtype=torch.float64))
+
+
+def test_actnorm_init_refuses_an_empty_batch():
+    with pytest.raises(ValueError, match="empty"):
+        ActNorm2d(3).train()(torch.randn(0, 3, 4, 4))
+
+
+def test_actnorm_initialized_buffer_is_the_truth():
+    m = ActNorm2d(2).train()
+    assert m.needs_init() and not m.is_initialized()
+    m.initialized.fill_(True)  # set directly, not through mark_initialized: still seen
+    assert m.is_initialized() and not m.needs_init()
+    b0 = m.bias.detach().clone()
+    m(torch.randn(2, 2, 3, 3) + 5)
+    assert torch.equal(m.bias.detach(), b0)  # no data-dependent init ran
+    m.mark_initialized(False)
+    assert m.needs_init()
+    m.load_state_dict({**m.state_dict(), "initialized": torch.tensor(True)})
+    assert m.is_initialized()
+
+
 def test_actnorm_initialized_flag_survives_state_dict():
     m = ActNorm2d(4).train()
     m(torch.randn(6, 4, 3, 3) * 5 + 1)
