@@ -63,7 +63,7 @@ class ActNorm2d(nn.Module):
         scaled two-pass reduction (no cancellation for large offsets, no overflow for large values), all-reduced
         across ranks under torch.distributed."""
         name = type(self).__name__
-        check_input(x, self.num_channels, name)
+        check_input(self, x)
         xd = x.detach().double().transpose(0, 1).reshape(self.num_channels, -1)
         finite = torch.isfinite(xd)
         # pass 0: count, non-finite count and the largest magnitude, which scales the data into [-1, 1]
@@ -93,7 +93,7 @@ class ActNorm2d(nn.Module):
         return (hw * self.log_scale.sum()).to(ops.acc_dtype(x.dtype)).expand(x.shape[0])
 
     def forward(self, x, context=None):
-        check_input(x, self.num_channels, type(self).__name__)
+        check_input(self, x)
         self.maybe_initialize(x)
         s = self.scale().view(1, -1, 1, 1)
         # (x + b) * s in one elementwise pass (a diagonal channel_affine would spend C^2 FMAs per pixel); ActNorm's
@@ -102,7 +102,7 @@ class ActNorm2d(nn.Module):
         return y, self.logdet(x)
 
     def inverse(self, y, context=None):
-        check_input(y, self.num_channels, type(self).__name__)
+        check_input(self, y)
         s = self.scale().view(1, -1, 1, 1)
         x = torch.addcmul(-self.bias.view(1, -1, 1, 1), y, 1.0 / s)  # y / s - b in one pass
         return x, -self.logdet(y)

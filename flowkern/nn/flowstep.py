@@ -37,13 +37,13 @@ class FlowStep(nn.Module):
                                            W_inv=self.invconv.weight_inverse())
 
     def forward(self, x, context=None):
-        check_input(x, self.num_channels, type(self).__name__)
+        check_input(self, x)
         y, ld = self._affine(x)
         y, ld2 = self.coupling(y, context)
         return y, ld + ld2
 
     def inverse(self, y, context=None):
-        check_input(y, self.num_channels, type(self).__name__)
+        check_input(self, y)
         x, ld2 = self.coupling.inverse(y, context)
         x, ld = self._affine_inverse(x)
         return x, ld + ld2

@@ -23,8 +23,8 @@ from flowkern.ops.dispatch import pick_backend
 
 def actnorm_invconv_ref(x: Tensor, s: Tensor, b: Tensor, W: Tensor,
                         logdet_w: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
-    """The unfused reference: ActNorm (x + b) * s, then the 1x1 conv W. Returns (y, logdet (B,))."""
-    h = (x + b.view(1, -1, 1, 1)) * s.view(1, -1, 1, 1)
+    """The unfused reference: ActNorm (x + b) * s, then the 1x1 conv W, in x's dtype. Returns (y, logdet (B,))."""
+    h = (x + b.to(x.dtype).view(1, -1, 1, 1)) * s.to(x.dtype).view(1, -1, 1, 1)
     with no_autocast(x):
         y = F.conv2d(h, W.to(h.dtype)[:, :, None, None])
     return y, _logdet(x, s, W, logdet_w)

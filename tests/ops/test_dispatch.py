@@ -1,4 +1,6 @@
 """Backend choice and kernel launch (ops/dispatch.py, flowkern.backend): determinism, empty inputs, bad inputs."""
+import os
+
 import pytest
 import torch
 from _helpers import kernel_backends
@@ -50,6 +52,17 @@ def test_empty_batch(backend):
      "one device"),
     (lambda: ops.actnorm_invconv(torch.randn(1, 3, 2, 2), torch.ones(2), torch.zeros(3), torch.eye(3)), ValueError,
      r"s must have shape \(3,\)"),
+    (lambda: ops.actnorm_invconv(torch.randn(1, 3, 2, 2), torch.ones(3), torch.zeros(3), torch.eye(2)), ValueError,
+     r"W must have shape \(3, 3\)"),
+    (lambda: ops.actnorm_invconv_inverse(torch.randn(1, 3, 2, 2), torch.ones(3), torch.zeros(3),
+                                         torch.eye(3, device="meta")), ValueError, "one device"),
+    (lambda: ops.channel_affine([[1.0]], torch.eye(1)), TypeError, "x must be a torch.Tensor"),
+    (lambda: ops.affine_coupling(torch.randn(2, 4, 3, 3), torch.ones(2, 4, 3, 3, dtype=torch.int64)), TypeError,
+     "h must be a floating-point tensor"),
+    (lambda: ops.affine_coupling(torch.randn(2, 4, 3, 3), torch.randn(2, 4, 3, 3), affine=False), ValueError,
+     r"h must have shape \(2, 2, 3, 3\).*additive"),
+    (lambda: ops.affine_coupling_inverse(torch.randn(2, 5, 3, 3), torch.randn(2, 5, 3, 3)), ValueError,
+     r"h must have shape \(2, 6, 3, 3\)"),
 ])
 def test_bad_inputs_raise_clear_errors(bad, exc, match):
     with pytest.raises(exc, match=match):
@@ -73,3 +86,37 @@ def test_cuda_status_reports_a_reason():
     assert set(st) == {"built", "archs", "available", "devices", "reason"}
     if not st["available"]:
         assert st["reason"]
+
+
+@pytest.mark.parametrize("backend", ["torch", "auto"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+def test_outputs_keep_the_input_dtype(backend, dtype):
+    """One rule for every op: data outputs in x's dtype, logdets in float64 for float64 data and float32 otherwise,
+    whatever the parameters' dtype."""
+    x = torch.randn(2, 4, 3, 3).to(dtype)
+    s, b, W = torch.rand(4) + 0.5, torch.randn(4), torch.linalg.qr(torch.randn(4, 4))[0]
+    h = torch.randn(2, 4, 3, 3).to(dtype)
+    ld_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+    with flowkern.use_backend(backend):
+        outs = {"channel_affine": (ops.channel_affine(x, W, b), None),
+                "actnorm_invconv": ops.actnorm_invconv(x, s, b, W),
+                "actnorm_invconv_inverse": ops.actnorm_invconv_inverse(x, s, b, W),
+                "affine_coupling": ops.affine_coupling(x, h),
+                "affine_coupling_inverse": ops.affine_coupling_inverse(x, h)}
+    for name, (y, ld) in outs.items():
+        assert y.dtype == dtype, name
+        assert ld is None or ld.dtype == ld_dtype, name
+
+
+@pytest.mark.parametrize("value,ok", [("", True), ("  ", True), ("torch", True), ("CPU", True), ("gpu", False)])
+def test_flowkern_backend_environment_variable(value, ok):
+    import subprocess
+    import sys
+    env = {**os.environ, "FLOWKERN_BACKEND": value}
+    r = subprocess.run([sys.executable, "-c", "import flowkern; print(flowkern.get_backend())"], env=env,
+                       capture_output=True, text=True, cwd=os.path.dirname(__file__))
+    if ok:
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.strip() == (value.strip().lower() or "auto")
+    else:
+        assert r.returncode != 0 and "FLOWKERN_BACKEND='gpu' is not a flowkern backend" in r.stderr
