@@ -1,7 +1,9 @@
 """Memory measurement: bytes saved for backward (any device), CUDA peak bytes, and the CPU allocator setting."""
+import weakref
 from typing import Callable
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 
 def saved_tensor_bytes(fn: Callable, *args, include_leaves: bool = False, **kwargs) -> int:
@@ -58,3 +60,103 @@ def keep_freed_cpu_memory() -> bool:
     ok = libc.mallopt(M_MMAP_THRESHOLD, 32 * 1024 * 1024) == 1
     ok = libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1) == 1 and ok
     return ok
+
+
+class PeakMemory(TorchDispatchMode):
+    """The peak bytes of all tensor storages alive during a region, on any device (the meta device included): what a
+    training step costs as a user feels it, forward, backward and its transients, and gradients included.
+
+        with PeakMemory(model, x) as mem:      # model's parameters and x count as alive from the start
+            loss(model(x)).backward()
+        mem.peak_bytes, mem.breakdown()        # breakdown at the peak: params / grads / inputs / saved / temporaries
+
+    Every tensor an op creates is followed (a dispatch mode) until its storage is freed; views share their storage and
+    count once. At the peak, storages are told apart as the given modules' parameters, the gradients those
+    parameters hold after the region, the given input tensors, storages autograd saved for backward (activations),
+    and the rest (temporaries). torch's MemTracker does the same but refuses a module called twice in one step.
+    """
+
+    def __init__(self, *tracked):
+        super().__init__()
+        self._params, self._inputs = [], []
+        for t in tracked:
+            if isinstance(t, torch.nn.Module):
+                self._params += list(t.parameters())
+            elif isinstance(t, torch.Tensor):
+                self._inputs.append(t)
+        self._records = []  # [nbytes, born, died, storage key]: one per storage seen
+        self._live = {}  # storage key -> record index
+        self._saved = set()
+        self._seq = self._now = 0
+        self.peak_bytes = 0
+        self._peak_seq = 0
+        self._saved_hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t)
+
+    # ---- storage bookkeeping
+    def _track(self, t: torch.Tensor):
+        st = t.untyped_storage()
+        key = st._cdata
+        if key in self._live:
+            return self._live[key]
+        self._seq += 1
+        idx = len(self._records)
+        self._records.append([st.nbytes(), self._seq, None, key])
+        self._live[key] = idx
+        self._now += st.nbytes()
+        if self._now > self.peak_bytes:
+            self.peak_bytes, self._peak_seq = self._now, self._seq
+        weakref.finalize(st, self._free, idx)
+        return idx
+
+    def _free(self, idx):
+        rec = self._records[idx]
+        if rec[2] is None:
+            self._seq += 1
+            rec[2] = self._seq
+            self._now -= rec[0]
+            if self._live.get(rec[3]) == idx:
+                del self._live[rec[3]]
+
+    def _pack(self, t):
+        if isinstance(t, torch.Tensor):
+            self._saved.add(self._track(t))
+        return t
+
+    # ---- the dispatch mode
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in torch.utils._pytree.tree_leaves(out):
+            if isinstance(t, torch.Tensor):
+                self._track(t)
+        return out
+
+    def __enter__(self):
+        for t in self._params + [p.grad for p in self._params if p.grad is not None] + self._inputs:
+            self._track(t)
+        self._saved_hooks.__enter__()
+        return super().__enter__()
+
+    def __exit__(self, *exc):
+        out = super().__exit__(*exc)
+        self._saved_hooks.__exit__(*exc)
+        self._grads = {self._track(p.grad) for p in self._params if p.grad is not None}
+        return out
+
+    def breakdown(self) -> dict:
+        """Bytes alive at the peak, by kind (params, grads, inputs, saved for backward, temporaries)."""
+        params = {self._track(p) for p in self._params}
+        inputs = {self._track(t) for t in self._inputs}
+        out = dict.fromkeys(("params", "grads", "inputs", "saved", "temporaries"), 0)
+        for idx, (nbytes, born, died, _) in enumerate(self._records):
+            if born <= self._peak_seq and (died is None or died > self._peak_seq):
+                kind = ("params" if idx in params else "grads" if idx in self._grads else
+                        "inputs" if idx in inputs else "saved" if idx in self._saved else "temporaries")
+                out[kind] += nbytes
+        return out
+
+
+def peak_memory(fn: Callable, *tracked) -> PeakMemory:
+    """Run fn() under PeakMemory(*tracked) and return the tracker (peak_bytes, breakdown())."""
+    with PeakMemory(*tracked) as mem:
+        fn()
+    return mem
