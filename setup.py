@@ -44,7 +44,7 @@ def _cuda_lib_dir(nvcc):
     for var in ("CUDA_HOME", "CUDA_PATH"):
         if os.environ.get(var):
             candidates.append(os.environ[var])
-    try:  # "nvcc -v" on an empty compile prints the TOP/_HERE_ paths it uses
+    try:  # "nvcc --dryrun" on an empty compile prints the TOP path of the toolkit it uses
         out = subprocess.run([nvcc, "--dryrun", "-x", "cu", "-c", os.devnull, "-o", os.devnull],
                              capture_output=True, text=True, timeout=60).stderr
         for line in out.splitlines():

@@ -1,7 +1,7 @@
 """Memory benchmarks: activation memory vs flow depth, vs clip length, and the large-image Glow workload.
 
 Memory is what autograd holds for backward: peak CUDA memory of a training step on GPU; on CPU the bytes of saved
-tensors (flowkern.utils.saved_tensor_bytes, each storage once, parameters excluded), which is device-independent.
+tensors (flowkern.memory.saved_tensor_bytes, each storage once, parameters excluded), which is device-independent.
 Baselines: plain autograd, torch.utils.checkpoint over each flow step (what a user would try), flowkern reversible.
 """
 import torch
@@ -10,7 +10,7 @@ from torch import nn
 
 import flowkern
 from flowkern import FlowSequence, FlowStep, Glow
-from flowkern.utils import cuda_peak_bytes, saved_tensor_bytes
+from flowkern.memory import cuda_peak_bytes, saved_tensor_bytes
 
 
 class CheckpointedSequence(nn.Module):
@@ -78,8 +78,7 @@ def _videoflow(cfg_name, memory_saving, device):
         m = VideoFlow(cfg)
     for mod in m.modules():  # ActNorm counts as initialised (its init batch is not what is measured)
         if isinstance(mod, flowkern.ActNorm2d):
-            mod.initialized.fill_(True)
-            mod._initialized = True
+            mod.mark_initialized()
     return m, cfg
 
 
@@ -148,8 +147,7 @@ def glow_memory(levels, steps, hidden, batch, size, device):
             glow = Glow(3, levels=levels, steps=steps, hidden=hidden, reversible=reversible)
         for mod in glow.modules():  # the init batch is not what is measured
             if isinstance(mod, flowkern.ActNorm2d):
-                mod.initialized.fill_(True)
-                mod._initialized = True
+                mod.mark_initialized()
         try:
             if meas_dev == "cuda":
                 x = torch.rand(batch, 3, size, size, device="cuda") - 0.5

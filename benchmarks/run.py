@@ -14,13 +14,18 @@ import sys
 import torch
 from tqdm import tqdm
 
-from flowkern.utils import keep_freed_cpu_memory
+from flowkern.memory import keep_freed_cpu_memory
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # sibling modules, without shadowing flowkern
+import bench_actnorm_invconv  # noqa: E402
+import bench_affine_coupling  # noqa: E402
+import bench_channel_affine  # noqa: E402
 import bench_memory  # noqa: E402
 import bench_models  # noqa: E402
-import bench_ops  # noqa: E402
+import fused_op_bench  # noqa: E402
 import timing  # noqa: E402
+
+OP_BENCHMARKS = [bench_channel_affine, bench_actnorm_invconv, bench_affine_coupling]
 
 OP_COLUMNS = ["op", "shape", "pass", "backend", "eager_ms", "compiled_ms", "flowkern_ms", "flowkern_reversible_ms",
               "speedup_vs_eager", "speedup_vs_compiled", "reversible_overhead", "flowkern_GBps",
@@ -55,7 +60,7 @@ def main(argv=None):
                    help="GB for the longest-clip estimate (default: the GPU's memory; 80 GB on CPU)")
     p.add_argument("--default-malloc", action="store_true",
                    help="leave glibc malloc as it is (by default the CPU run keeps freed memory, see "
-                        "flowkern.utils.keep_freed_cpu_memory)")
+                        "flowkern.memory.keep_freed_cpu_memory)")
     p.add_argument("--only", nargs="*", choices=["ops", "train", "depth", "clip", "large"], default=None)
     args = p.parse_args(argv)
 
@@ -89,11 +94,12 @@ def main(argv=None):
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
 
     sections = {}
-    total = (bench_ops.count(device, suite) if "ops" in want else 0) + (
+    total = (len(OP_BENCHMARKS) * fused_op_bench.count(device, suite) if "ops" in want else 0) + (
         bench_models.count(suite) if "train" in want else 0) + len({"depth", "clip", "large"} & want)
     with tqdm(total=total, desc="benchmarks", unit="case") as bar:
         if "ops" in want:
-            sections["Fused ops"] = list(bench_ops.run(device, timer, suite, compile_baseline, bar, bandwidth))
+            sections["Fused ops"] = [row for bench in OP_BENCHMARKS for row in bench.run(
+                device, timer, suite=suite, compile_baseline=compile_baseline, progress=bar, bandwidth=bandwidth)]
         if "train" in want:
             sections["Training step (FlowStep / Glow level, VideoFlow-BAIR sizes)"] = list(
                 bench_models.run(device, timer, suite, compile_baseline, bar))

@@ -1,31 +1,78 @@
-// The kernel contract shared by every backend (CPU here, CUDA in cuda/, Triton in flowkern/ops/triton/).
-// All tensors are NCHW-contiguous; HW = H*W; pointers are raw, sizes are int64. The Python side
-// (flowkern/ops/) checks device, dtype, contiguity and shapes before any pointer gets here.
+// The kernel contract shared by every backend: CPU (cpu/<op>.cpp), CUDA (cuda/<op>.cu) and Triton
+// (flowkern/ops/triton/<op>.py). One params struct per op carries every argument of that op's kernels; each kernel
+// reads its inputs from it and fills outputs the caller allocated. The Python side (flowkern/ops/<op>.py) checks
+// device, dtype, contiguity and shapes, allocates every output, and fills the struct before any pointer gets here.
 //
-// dtype codes: 0 = float32, 1 = float64, 2 = float16, 3 = bfloat16.
-// x/y/h/dy/dx/dh have the code's dtype. Matrices, bias, partial sums and dld are float64 for code 1 and
-// float32 otherwise (half inputs accumulate in float32).
-//
-// channel_affine  (ActNorm folded into the 1x1 conv: A = W diag(s), c = A b; inverse: A^-1, -b)
-//   fwd: y[n,i,p]  = c[i] + sum_j A[i,j] x[n,j,p]            (c may be null: no bias)
-//   bwd: dx[n,j,p] = sum_i A[i,j] dy[n,i,p]
-//        dA_part[k,i,j] = sum_{p in chunk k} dy[n,i,p] x[n,j,p],  dc_part[k,i] = sum_{p in chunk k} dy[n,i,p]
-//        chunk k = (n, q): sample n, pixels [q*chunk, min((q+1)*chunk, HW)); k = n*nq + q, nq = ceil(HW/chunk).
-//        The caller sums the partials over k: deterministic, no atomics.
-//
-// coupling  (Glow affine coupling tail; Ca = passthrough channels, Cb = C - Ca transformed channels)
-//   h has 2*Cb channels when affine (shift h_t = h[:, :Cb], pre-scale h_s = h[:, Cb:]), Cb when additive.
-//   s = sigmoid(h_s + 2).
-//   fwd: y[:, :Ca] = x[:, :Ca];  y_b = (x_b + h_t) * s   (additive: x_b + h)
-//        ld_part[n,k] = sum of log s over elements [k*chunk, (k+1)*chunk) of sample n's Cb*HW block,
-//        nk = ceil(Cb*HW/chunk). The caller sums over k. Additive: ld_part is not written (may be null).
-//   inv: x[:, :Ca] = y[:, :Ca];  x_b = y_b / s - h_t      (additive: y_b - h); ld_part as in fwd (+log s).
-//   bwd: given the forward's output y, h, upstream dy and dld (grad of the forward logdet, shape B, may be null):
-//        dx[:, :Ca] = dy[:, :Ca];  dx_b = dy_b * s;  dh_t = dy_b * s;  dh_s = (dy_b * y_b + dld[n]) * (1 - s)
-//        additive: dx_b = dy_b, dh = dy_b.
+// Tensors are NCHW-contiguous; HW = H*W; sizes are int64. Data tensors (x, y, h, dy, dx, dh) have `dtype`.
+// Matrices, biases, partial sums and dld are float64 when dtype is float64 and float32 otherwise (half types
+// accumulate in float32). Reductions go through fixed per-chunk partials (chunks a function of the shape only) that
+// the caller sums: no atomics, bitwise-reproducible results, independent of thread count and timing.
 #pragma once
 #include <cstdint>
 
 namespace flowkern {
+
 enum DType : int { kF32 = 0, kF64 = 1, kF16 = 2, kBF16 = 3 };
+enum class Device { kCPU, kCUDA };
+
+// Where and how a kernel runs; the CPU kernels read nthreads, the CUDA kernels stream.
+struct LaunchParams {
+  int dtype = kF32;
+  int nthreads = 1;      // OpenMP threads (the caller passes torch.get_num_threads())
+  uintptr_t stream = 0;  // the caller's cudaStream_t (torch.cuda.current_stream().cuda_stream)
+};
+
+// channel_affine: ActNorm folded into the invertible 1x1 conv, A = W diag(s), c = A b (inverse: A^-1, -b).
+//   fwd: y[n,i,p]  = c[i] + sum_j A[i,j] x[n,j,p]            (c may be null: no bias)
+//   bwd: dx[n,j,p] = sum_i A[i,j] dy[n,i,p]
+//        dA_part[k,i,j] = sum_{p in chunk k} dy[n,i,p] x[n,j,p],  dc_part[k,i] = sum_{p in chunk k} dy[n,i,p]
+//        chunk k = (n, q): sample n, pixels [q*chunk, min((q+1)*chunk, HW)); k = n*nq + q, nq = ceil(HW/chunk).
+struct ChannelAffineParams : LaunchParams {
+  const void* x = nullptr;   // (B, C, HW)
+  const void* A = nullptr;   // (C, C)
+  const void* c = nullptr;   // (C,) or null                              fwd
+  void* y = nullptr;         // (B, C, HW) out                            fwd
+  const void* dy = nullptr;  // (B, C, HW)                                bwd
+  void* dx = nullptr;        // (B, C, HW) out                            bwd
+  void* dA_part = nullptr;   // (B*nq, C, C) out                          bwd
+  void* dc_part = nullptr;   // (B*nq, C) out                             bwd
+  int64_t B = 0, C = 0, HW = 0;
+  int64_t chunk = 0;         // pixels per partial                        bwd
+};
+
+// affine_coupling: the Glow coupling's elementwise tail. Ca = passthrough channels, Cb = C - Ca transformed.
+//   h has 2*Cb channels when affine (shift h_t = h[:, :Cb], pre-scale h_s = h[:, Cb:]), Cb when additive (h_t only).
+//   s = sigmoid(h_s + 2).
+//   fwd: y[:, :Ca] = x[:, :Ca];  y_b = (x_b + h_t) * s   (additive: x_b + h_t)
+//        ld_part[n,k] = sum of log s over elements [k*chunk, (k+1)*chunk) of sample n's Cb*HW block,
+//        nk = ceil(Cb*HW/chunk). Additive: ld_part is not written (may be null).
+//   inv: x[:, :Ca] = y[:, :Ca];  x_b = y_b / s - h_t      (additive: y_b - h_t); ld_part as in fwd (+log s).
+//   bwd: from the forward's output y, h, upstream dy and dld (grad of the forward logdet, (B,), may be null):
+//        dx[:, :Ca] = dy[:, :Ca];  dx_b = dh_t = dy_b * s;  dh_s = (dy_b * y_b + dld[n]) * (1 - s)
+//        additive: dx_b = dh_t = dy_b.
+struct AffineCouplingParams : LaunchParams {
+  void* x = nullptr;         // (B, C, HW): read by fwd, written by inv
+  void* y = nullptr;         // (B, C, HW): written by fwd, read by inv and bwd
+  const void* h = nullptr;   // (B, 2*Cb or Cb, HW)
+  void* ld_part = nullptr;   // (B, nk) out, affine fwd/inv
+  const void* dy = nullptr;  // (B, C, HW)                                bwd
+  const void* dld = nullptr; // (B,) or null                              bwd
+  void* dx = nullptr;        // (B, C, HW) out                            bwd
+  void* dh = nullptr;        // like h, out                               bwd
+  int64_t B = 0, C = 0, Ca = 0, HW = 0;
+  int64_t chunk = 0;         // elements per logdet partial               fwd/inv (affine)
+  bool affine = true;
+};
+
+// Every kernel: 0 on success, else an error code (CUDA: the launch's cudaError_t; CPU: 1 = unsupported dtype,
+// 2 = invalid sizes). CUDA kernels launch asynchronously on p.stream.
+template <Device D> int channel_affine_fwd(const ChannelAffineParams& p);
+template <Device D> int channel_affine_bwd(const ChannelAffineParams& p);
+template <Device D> int affine_coupling_fwd(const AffineCouplingParams& p);
+template <Device D> int affine_coupling_inv(const AffineCouplingParams& p);
+template <Device D> int affine_coupling_bwd(const AffineCouplingParams& p);
+
+// Largest C the CUDA channel_affine kernels take (the C x C matrix is staged in shared memory).
+constexpr int64_t kCudaMaxChannels = 128;
+
 }  // namespace flowkern

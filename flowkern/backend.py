@@ -26,7 +26,18 @@ def _validate(name: str) -> str:
     return name
 
 
-_backend = _validate(os.environ.get("FLOWKERN_BACKEND", "auto"))
+def _from_environment() -> str:
+    value = os.environ.get("FLOWKERN_BACKEND", "").strip()
+    if not value:  # unset or empty: the default
+        return "auto"
+    try:
+        return _validate(value)
+    except ValueError:
+        raise ValueError(f"environment variable FLOWKERN_BACKEND={value!r} is not a flowkern backend; choose one of "
+                         f"{BACKENDS} or leave it unset") from None
+
+
+_backend = _from_environment()
 
 
 def set_backend(name: str) -> None:

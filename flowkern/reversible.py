@@ -4,13 +4,15 @@
 its context and (implicitly) the parameters. Backward walks the steps in reverse: it reconstructs each step's input
 by inverting the step from its output, recomputes that one step with grad enabled, and backpropagates through it.
 So activation memory does not grow with depth; the price is one extra inverse and one extra forward per step in
-backward (the coupling network then runs twice more per step than in forward, vs once more for checkpointing).
+backward. Steps with a `reversible_backward` (FlowStep) do better: they reconstruct and differentiate with one extra
+coupling-network forward per step, as checkpointing does.
 
 Rules:
-- ActNorm's data-dependent init needs the real forward: while any ActNorm in the chain is uninitialised in training
-  mode, the chain runs with plain autograd (so the first training batch costs normal memory), then reversibly.
+- A data-dependent init (ActNorm) needs the real forward: while any module in the chain says `needs_init()`, the
+  chain runs with plain autograd (so the first training batch costs normal memory), then reversibly.
 - Under torch.no_grad() (inference) there is no reversible machinery at all.
-- Autocast state is recorded in forward and restored for the recomputation, so backward sees the same numerics.
+- Autocast state is recorded in forward and restored around the recomputed forward ops only; gradients are taken
+  outside it, so backward runs in the forward's dtypes (the flow's algebra in fp32), as in plain autograd.
 - Parameter and context gradients are returned through autograd (not accumulated on the side), so
   DistributedDataParallel's reducer hooks fire as usual.
 - Inverting from outputs accumulates rounding error. `verify=True` keeps every step's true input (costing the
@@ -28,20 +30,16 @@ class ReconstructionError(RuntimeError):
 
 
 def needs_plain_forward(steps: Sequence[nn.Module]) -> bool:
-    """True while a data-dependent init (ActNorm) is pending in training mode."""
-    for step in steps:
-        for m in step.modules():
-            if getattr(m, "training", False) and getattr(m, "_initialized", True) is False:
-                return True
-    return False
+    """True while a data-dependent init (ActNorm2d.needs_init()) is pending."""
+    return any(callable(getattr(m, "needs_init", None)) and m.needs_init() for step in steps for m in step.modules())
 
 
 class Verify:
-    """Verify-mode record: the true inputs kept in forward and the per-step drift measured in backward."""
+    """Verify-mode settings and record: the tolerance, and the per-step drift measured in the last backward (the true
+    inputs it is measured against are saved with the forward's graph)."""
 
     def __init__(self, tol: float):
         self.tol = tol
-        self.inputs: List[torch.Tensor] = []
         self.drift: List[float] = []
 
 
@@ -61,18 +59,28 @@ class _ReversibleFunction(torch.autograd.Function):
         logdet = torch.zeros(x.shape[0], dtype=torch.float64 if x.dtype == torch.float64 else torch.float32,
                              device=x.device)
         h = x
+        true_inputs = []  # verify mode only
         with torch.no_grad():
             for step in steps:
                 if verify is not None:
-                    verify.inputs.append(h.detach().clone())
+                    true_inputs.append(h.detach().clone())
                 h, ld = step(h, context)
                 logdet = logdet + ld
-        ctx.save_for_backward(h, context)
+        # The parameters are saved too (references, no memory): autograd then raises, as for plain autograd, when
+        # one is modified in place between forward and backward (an optimizer step would give stale gradients).
+        ctx.num_params = len(params)
+        ctx.save_for_backward(h, context, *params, *true_inputs)
         return h, logdet
 
     @staticmethod
     def backward(ctx, dy, dlogdet):
-        y, context = ctx.saved_tensors
+        if torch.is_grad_enabled():
+            raise RuntimeError("flowkern reversible backprop does not support double backward (create_graph=True, "
+                               "as for Hessian-vector products or gradient penalties): it recomputes each step inside "
+                               "backward and keeps no graph of it. Build the model with reversible=False for second "
+                               "derivatives.")
+        y, context, *rest = ctx.saved_tensors
+        true_inputs = rest[ctx.num_params:]
         steps, verify = ctx.steps, ctx.verify
         params_of = [[p for p in step.parameters() if p.requires_grad] for step in steps]
         grads = {}
@@ -85,13 +93,13 @@ class _ReversibleFunction(torch.autograd.Function):
             step = steps[i]
             fast = getattr(step, "reversible_backward", None)
             if fast is not None:  # the step knows a cheaper backward from its output (FlowStep)
-                with _entered(autocasts):
-                    x, dx, dc, step_grads = fast(y, context, dy, dlogdet, ctx_needs_grad)
-                _check_drift(verify, i, step, x)
+                x, dx, dc, step_grads = fast(y, context, dy, dlogdet, ctx_needs_grad,
+                                             autocast=lambda: _entered(autocasts))
+                _check_drift(verify, true_inputs, i, step, x)
             else:  # generic: invert from the output, recompute the step with grad, backpropagate
                 with torch.no_grad(), _entered(autocasts):
                     x = step.inverse(y, context)[0]
-                _check_drift(verify, i, step, x)
+                _check_drift(verify, true_inputs, i, step, x)
                 x, dx, dc, step_grads = _recompute_backward(step, x, context, dy, dlogdet, ctx_needs_grad,
                                                             params_of[i], autocasts)
             if dc is not None:
@@ -101,15 +109,13 @@ class _ReversibleFunction(torch.autograd.Function):
                     grads[p] = gp if p not in grads else grads[p] + gp
             y, dy = x, dx
         all_params = [p for ps in params_of for p in ps]
-        if verify is not None:
-            verify.inputs.clear()
         return (None, None, dy, dctx) + tuple(grads.get(p) for p in all_params)
 
 
-def _check_drift(verify, i, step, x):
+def _check_drift(verify, true_inputs, i, step, x):
     if verify is None:
         return
-    true_x = verify.inputs[i]
+    true_x = true_inputs[i]
     err = ((x - true_x).abs().max() / true_x.abs().max().clamp_min(1e-30)).item()
     verify.drift[i] = err
     if err > verify.tol:

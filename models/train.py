@@ -35,7 +35,7 @@ import flowkern
 from flowkern.models.data import StochasticMovement, StochasticMovingDigits, VideoFolder
 from flowkern.models.video_io import to_uint8_frames, write_grid, write_video
 from flowkern.models.videoflow import CONFIGS, VideoFlow, VideoFlowConfig
-from flowkern.utils import keep_freed_cpu_memory
+from flowkern.memory import keep_freed_cpu_memory
 
 
 # ---------------------------------------------------------------------------------------------- data

@@ -15,7 +15,7 @@ Memory: the flow is reversible, and the prior network is checkpointed per level 
 step's memory grows with the number of frames by roughly the size of the latents, not of the activations.
 """
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import List, Optional, Tuple
 
 import torch
@@ -48,7 +48,6 @@ class VideoFlowConfig:
     n_bits: int = 8
     reversible: bool = True
     checkpoint_prior: bool = True
-    extra: dict = field(default_factory=dict)
 
 
 CONFIGS = {

@@ -34,8 +34,7 @@ def randomize_(module: torch.nn.Module, scale: float = 0.1) -> torch.nn.Module:
             p.add_(scale * torch.randn_like(p))
     for m in module.modules():
         if isinstance(m, flowkern.ActNorm2d):
-            m.initialized.fill_(True)
-            m._initialized = True
+            m.mark_initialized()
     return module
 
 
@@ -47,3 +46,41 @@ def random_level(C, K, ctx=0, reversible=True, hidden=8, dtype=torch.float64):
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a - b).norm() / b.norm().clamp_min(1e-300)).item()
+
+
+# ---------------------------------------------------------------------------------------------- fused-op tests
+# Tolerances are relative Frobenius errors vs a float64 reference: float64 1e-12, float32 1e-5, half types 2e-2.
+OP_SHAPES = [(1, 2, 3, 3), (3, 3, 5, 7), (2, 6, 4, 4), (2, 12, 8, 8), (2, 48, 4, 4), (1, 96, 3, 5)]
+TOL = {torch.float64: 1e-12, torch.float32: 1e-5, torch.float16: 2e-2, torch.bfloat16: 2e-2}
+DTYPES = {"cpu": [torch.float32, torch.float64],
+          "triton": [torch.float32, torch.float64, torch.float16, torch.bfloat16],
+          "cuda": [torch.float32, torch.float64, torch.float16, torch.bfloat16]}
+
+
+def op_cases():
+    """(backend, device, dtype) for every kernel backend and the dtypes it takes, as pytest params."""
+    for bk in kernel_backends():
+        backend, device = bk.values
+        for dtype in DTYPES[backend]:
+            yield pytest.param(backend, device, dtype, marks=bk.marks, id=f"{bk.id}-{str(dtype)[6:]}")
+
+
+def rand(*shape, dtype, device, requires_grad=False):
+    return torch.randn(*shape, dtype=torch.float64).to(device=device, dtype=dtype).requires_grad_(requires_grad)
+
+
+def run_with(backend, fn):
+    with flowkern.use_backend(backend):
+        return fn()
+
+
+def check_close(got, ref64, dtype, what):
+    err = rel_err(got.double().cpu(), ref64.double().cpu())
+    assert err <= TOL[dtype], f"{what}: relative error {err:.3g} > {TOL[dtype]:g}"
+
+
+def grads(out_fn, inputs, seed_like):
+    """Gradients of sum(out * R) (R fixed random weights per output) w.r.t. inputs."""
+    outs = out_fn()
+    loss = sum((o.double() * r).sum() for o, r in zip(outs, seed_like))
+    return torch.autograd.grad(loss, inputs)

@@ -5,9 +5,7 @@
 #include <algorithm>
 #include <cstring>
 
-#include "cpu_ops.h"
-#include "kernels.h"
-#include "simd.h"
+#include "cpu/common.h"
 
 namespace flowkern {
 namespace cpu {
@@ -139,53 +137,48 @@ void bwd_chunk_any(const double* x, const double* dy, const double* A, double* d
 }
 
 template <typename T>
-void fwd(const T* x, const T* A, const T* c, T* y, int64_t B, int64_t C, int64_t HW, int nt) {
-  const int64_t nq = (HW + kTile - 1) / kTile;
-#pragma omp parallel for num_threads(nt) schedule(static)
-  for (int64_t t = 0; t < B * nq; ++t) {
+int fwd(const ChannelAffineParams& p) {
+  const T* x = static_cast<const T*>(p.x);
+  T* y = static_cast<T*>(p.y);
+  const int64_t C = p.C, HW = p.HW, nq = (HW + kTile - 1) / kTile;
+#pragma omp parallel for num_threads(p.nthreads) schedule(static)
+  for (int64_t t = 0; t < p.B * nq; ++t) {
     const int64_t n = t / nq, p0 = (t % nq) * kTile, np = std::min(kTile, HW - p0);
     const int64_t off = n * C * HW + p0;
-    fwd_tile_any(x + off, A, c, y + off, C, HW, np);
+    fwd_tile_any(x + off, static_cast<const T*>(p.A), static_cast<const T*>(p.c), y + off, C, HW, np);
   }
+  return 0;
 }
 
 template <typename T>
-void bwd(const T* x, const T* dy, const T* A, T* dx, T* dA_part, T* dc_part, int64_t B, int64_t C, int64_t HW,
-         int64_t chunk, int nt) {
-  const int64_t nq = (HW + chunk - 1) / chunk;
-#pragma omp parallel for num_threads(nt) schedule(static)
-  for (int64_t k = 0; k < B * nq; ++k) {
+int bwd(const ChannelAffineParams& p) {
+  if (p.chunk <= 0) return 2;
+  const T* x = static_cast<const T*>(p.x);
+  const T* dy = static_cast<const T*>(p.dy);
+  T* dx = static_cast<T*>(p.dx);
+  T* dA_part = static_cast<T*>(p.dA_part);
+  T* dc_part = static_cast<T*>(p.dc_part);
+  const int64_t C = p.C, HW = p.HW, chunk = p.chunk, nq = (HW + chunk - 1) / chunk;
+#pragma omp parallel for num_threads(p.nthreads) schedule(static)
+  for (int64_t k = 0; k < p.B * nq; ++k) {
     const int64_t n = k / nq, c0 = (k % nq) * chunk, c1 = std::min(c0 + chunk, HW), off = n * C * HW;
-    bwd_chunk_any(x + off, dy + off, A, dx + off, dA_part + k * C * C, dc_part + k * C, C, HW, c0, c1);
+    bwd_chunk_any(x + off, dy + off, static_cast<const T*>(p.A), dx + off, dA_part + k * C * C, dc_part + k * C, C,
+                  HW, c0, c1);
   }
+  return 0;
 }
 
 }  // namespace
-
-int channel_affine_fwd(int dtype, const void* x, const void* A, const void* c, void* y, int64_t B, int64_t C,
-                       int64_t HW, int nt) {
-  if (dtype == kF32)
-    fwd<float>((const float*)x, (const float*)A, (const float*)c, (float*)y, B, C, HW, nt);
-  else if (dtype == kF64)
-    fwd<double>((const double*)x, (const double*)A, (const double*)c, (double*)y, B, C, HW, nt);
-  else
-    return 1;
-  return 0;
-}
-
-int channel_affine_bwd(int dtype, const void* x, const void* dy, const void* A, void* dx, void* dA_part,
-                       void* dc_part, int64_t B, int64_t C, int64_t HW, int64_t chunk, int nt) {
-  if (chunk <= 0) return 2;
-  if (dtype == kF32)
-    bwd<float>((const float*)x, (const float*)dy, (const float*)A, (float*)dx, (float*)dA_part, (float*)dc_part, B,
-               C, HW, chunk, nt);
-  else if (dtype == kF64)
-    bwd<double>((const double*)x, (const double*)dy, (const double*)A, (double*)dx, (double*)dA_part,
-                (double*)dc_part, B, C, HW, chunk, nt);
-  else
-    return 1;
-  return 0;
-}
-
 }  // namespace cpu
+
+template <>
+int channel_affine_fwd<Device::kCPU>(const ChannelAffineParams& p) {
+  return cpu::dispatch_float(p.dtype, [&](auto t) { return cpu::fwd<decltype(t)>(p); });
+}
+
+template <>
+int channel_affine_bwd<Device::kCPU>(const ChannelAffineParams& p) {
+  return cpu::dispatch_float(p.dtype, [&](auto t) { return cpu::bwd<decltype(t)>(p); });
+}
+
 }  // namespace flowkern

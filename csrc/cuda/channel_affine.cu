@@ -9,15 +9,13 @@
 // feeds several FMAs. No atomics: every output element has exactly one writer and a fixed summation order.
 #include <algorithm>
 #include <climits>
+#include <type_traits>
 
 #include "cuda/common.cuh"
-#include "cuda/cuda_ops.h"
 
 namespace flowkern {
 namespace cuda {
 namespace {
-
-using namespace detail;
 
 constexpr int kThreads = 256;
 
@@ -40,7 +38,49 @@ template <int TP> struct PixelLayout {
 // tiles are sized to C without wasting work on small C. The __launch_bounds__ minimum block counts give ptxas
 // a register budget per bucket (without one, sm_90 ptxas squeezed the small kernels into 32 registers and
 // spilled); the bwd MT = 8 kernel keeps a 64-entry dA tile in registers and gets the full 255.
-inline int channel_bucket(int64_t C) { return C <= 16 ? 1 : C <= 32 ? 2 : C <= 64 ? 4 : 8; }
+// with_channel_bucket(C, f) calls f(std::integral_constant<int, MT>) for C's bucket.
+template <typename F>
+auto with_channel_bucket(int64_t C, F&& f) {
+  if (C <= 16) return f(std::integral_constant<int, 1>{});
+  if (C <= 32) return f(std::integral_constant<int, 2>{});
+  if (C <= 64) return f(std::integral_constant<int, 4>{});
+  return f(std::integral_constant<int, 8>{});
+}
+
+// The register-tiled channel mix both kernels share: acc[r][q] += sum_k M[k*k_step + ch[r]*ch_step] *
+// tile[k*pitch + lane + q*kLanes] over k < C (forward: rows of A times the x tile, k_step = 1, ch_step = C;
+// backward: columns of A times the dy tile, k_step = C, ch_step = 1).
+template <int R, int PP, int kLanes, typename Acc>
+__device__ __forceinline__ void mix_channels(Acc (&acc)[R][PP], const Acc* M, int k_step, const int (&ch)[R],
+                                             int ch_step, const Acc* tile, int pitch, int lane, int C) {
+  for (int k = 0; k < C; ++k) {
+    Acc v[PP];
+#pragma unroll
+    for (int q = 0; q < PP; ++q) v[q] = tile[k * pitch + lane + q * kLanes];
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+      const Acc a = M[k * k_step + ch[r] * ch_step];
+#pragma unroll
+      for (int q = 0; q < PP; ++q) acc[r][q] += a * v[q];
+    }
+  }
+}
+
+// out[ch * HW + p] = acc[r][q] for channel ch = group + r*kGroups < C and pixel p = lane + q*kLanes < np.
+template <int kLanes, int kGroups, int R, int PP, typename T, typename Acc>
+__device__ __forceinline__ void store_tile(const Acc (&acc)[R][PP], T* out, int64_t HW, int group, int lane, int C,
+                                           int np) {
+#pragma unroll
+  for (int r = 0; r < R; ++r) {
+    const int ch = group + r * kGroups;
+    if (ch >= C) break;
+#pragma unroll
+    for (int q = 0; q < PP; ++q) {
+      const int p = lane + q * kLanes;
+      if (p < np) out[(int64_t)ch * HW + p] = from_acc<T>(acc[r][q]);
+    }
+  }
+}
 
 // ---------------------------------------------------------------------------------------------------------
 // Forward. Grid (ceil(HW/TP), min(B, 65535)): block = one pixel tile of one sample (loops over samples when
@@ -84,27 +124,8 @@ channel_affine_fwd_kernel(const T* __restrict__ x, const acc_t<T>* __restrict__ 
     for (int r = 0; r < kRows; ++r)
 #pragma unroll
       for (int q = 0; q < L::kPP; ++q) acc[r][q] = cs[row[r]];
-    for (int j = 0; j < C; ++j) {
-      Acc xv[L::kPP];
-#pragma unroll
-      for (int q = 0; q < L::kPP; ++q) xv[q] = xs[j * TP + lane + q * L::kLanes];
-#pragma unroll
-      for (int r = 0; r < kRows; ++r) {
-        const Acc a = As[row[r] * C + j];
-#pragma unroll
-        for (int q = 0; q < L::kPP; ++q) acc[r][q] += a * xv[q];
-      }
-    }
-#pragma unroll
-    for (int r = 0; r < kRows; ++r) {
-      const int i = group + r * L::kGroups;
-      if (i >= C) break;
-#pragma unroll
-      for (int q = 0; q < L::kPP; ++q) {
-        const int p = lane + q * L::kLanes;
-        if (p < np) yn[(int64_t)i * HW + p] = from_acc<T>(acc[r][q]);
-      }
-    }
+    mix_channels<kRows, L::kPP, L::kLanes>(acc, As, 1, row, C, xs, TP, lane, C);
+    store_tile<L::kLanes, L::kGroups>(acc, yn, HW, group, lane, C, np);
   }
 }
 
@@ -177,27 +198,8 @@ channel_affine_bwd_kernel(const T* __restrict__ x, const T* __restrict__ dy, con
       for (int r = 0; r < kCols; ++r)
 #pragma unroll
         for (int u = 0; u < L::kPP; ++u) acc[r][u] = Acc(0);
-      for (int i = 0; i < C; ++i) {
-        Acc dv[L::kPP];
-#pragma unroll
-        for (int u = 0; u < L::kPP; ++u) dv[u] = dys[i * kPitch + lane + u * L::kLanes];
-#pragma unroll
-        for (int r = 0; r < kCols; ++r) {
-          const Acc a = As[i * C + col[r]];
-#pragma unroll
-          for (int u = 0; u < L::kPP; ++u) acc[r][u] += a * dv[u];
-        }
-      }
-#pragma unroll
-      for (int r = 0; r < kCols; ++r) {
-        const int j = group + r * L::kGroups;
-        if (j >= C) break;
-#pragma unroll
-        for (int u = 0; u < L::kPP; ++u) {
-          const int p = lane + u * L::kLanes;
-          if (p < np) dxn[(int64_t)j * HW + p0 + p] = from_acc<T>(acc[r][u]);
-        }
-      }
+      mix_channels<kCols, L::kPP, L::kLanes>(acc, As, C, col, 1, dys, kPitch, lane, C);
+      store_tile<L::kLanes, L::kGroups>(acc, dxn + p0, HW, group, lane, C, np);
     }
 
     // dA[i][j] += sum_p dy[i][p] x[j][p]; dc[i] += sum_p dy[i][p] (fixed order: pixel by pixel)
@@ -233,79 +235,54 @@ channel_affine_bwd_kernel(const T* __restrict__ x, const T* __restrict__ dy, con
 // ---------------------------------------------------------------------------------------------------------
 // Launchers.
 
-template <typename T, int TP>
-auto fwd_kernel_for(int mt) {
-  switch (mt) {
-    case 1: return channel_affine_fwd_kernel<T, TP, 1>;
-    case 2: return channel_affine_fwd_kernel<T, TP, 2>;
-    case 4: return channel_affine_fwd_kernel<T, TP, 4>;
-    default: return channel_affine_fwd_kernel<T, TP, 8>;
-  }
-}
-
-template <typename T, int TP>
-auto bwd_kernel_for(int mt) {
-  switch (mt) {
-    case 1: return channel_affine_bwd_kernel<T, TP, 1>;
-    case 2: return channel_affine_bwd_kernel<T, TP, 2>;
-    case 4: return channel_affine_bwd_kernel<T, TP, 4>;
-    default: return channel_affine_bwd_kernel<T, TP, 8>;
-  }
-}
-
 template <typename T>
-int launch_fwd(const void* x, const void* A, const void* c, void* y, int64_t B, int64_t C, int64_t HW,
-               cudaStream_t stream) {
+int launch_fwd(const ChannelAffineParams& p) {
   using Acc = acc_t<T>;
+  const int64_t B = p.B, C = p.C, HW = p.HW;
   constexpr int TP = AffineTiles<Acc>::kFwd;
   if (B == 0 || HW == 0) return (int)cudaSuccess;
-  const auto kernel = fwd_kernel_for<T, TP>(channel_bucket(C));
+  const auto kernel = with_channel_bucket(C, [](auto mt) { return channel_affine_fwd_kernel<T, TP, mt.value>; });
   const size_t smem = sizeof(Acc) * (size_t)(C * C + C + C * TP);
   const cudaError_t err = allow_dynamic_smem(kernel, smem);
   if (err != cudaSuccess) return (int)err;
   const dim3 grid((unsigned)ceil_div(HW, TP), (unsigned)std::min<int64_t>(B, 65535));
-  kernel<<<grid, kThreads, smem, stream>>>(static_cast<const T*>(x), static_cast<const Acc*>(A),
-                                           static_cast<const Acc*>(c), static_cast<T*>(y), (int)C, HW, B);
+  kernel<<<grid, kThreads, smem, as_stream(p.stream)>>>(static_cast<const T*>(p.x), static_cast<const Acc*>(p.A),
+                                                        static_cast<const Acc*>(p.c), static_cast<T*>(p.y), (int)C,
+                                                        HW, B);
   return (int)cudaGetLastError();
 }
 
 template <typename T>
-int launch_bwd(const void* x, const void* dy, const void* A, void* dx, void* dA_part, void* dc_part, int64_t B,
-               int64_t C, int64_t HW, int64_t chunk, cudaStream_t stream) {
+int launch_bwd(const ChannelAffineParams& p) {
   using Acc = acc_t<T>;
+  const int64_t B = p.B, C = p.C, HW = p.HW, chunk = p.chunk;
   constexpr int TP = AffineTiles<Acc>::kBwd;
   if (B == 0 || HW == 0) return (int)cudaSuccess;
   const int64_t nq = ceil_div(HW, chunk);
   if (B * nq > INT_MAX) return (int)cudaErrorInvalidValue;  // one block per chunk, 1-D grid
-  const auto kernel = bwd_kernel_for<T, TP>(channel_bucket(C));
+  const auto kernel = with_channel_bucket(C, [](auto mt) { return channel_affine_bwd_kernel<T, TP, mt.value>; });
   const size_t smem = sizeof(Acc) * (size_t)(C * C + 2 * C * (TP + 1));
   const cudaError_t err = allow_dynamic_smem(kernel, smem);
   if (err != cudaSuccess) return (int)err;
-  kernel<<<(unsigned)(B * nq), kThreads, smem, stream>>>(
-      static_cast<const T*>(x), static_cast<const T*>(dy), static_cast<const Acc*>(A), static_cast<T*>(dx),
-      static_cast<Acc*>(dA_part), static_cast<Acc*>(dc_part), (int)C, HW, chunk, nq);
+  kernel<<<(unsigned)(B * nq), kThreads, smem, as_stream(p.stream)>>>(
+      static_cast<const T*>(p.x), static_cast<const T*>(p.dy), static_cast<const Acc*>(p.A), static_cast<T*>(p.dx),
+      static_cast<Acc*>(p.dA_part), static_cast<Acc*>(p.dc_part), (int)C, HW, chunk, nq);
   return (int)cudaGetLastError();
 }
 
 }  // namespace
-
-int channel_affine_fwd(int dtype, const void* x, const void* A, const void* c, void* y, int64_t B, int64_t C,
-                       int64_t HW, uintptr_t stream) {
-  if (C < 1 || C > max_channels() || B < 0 || HW < 0) return (int)cudaErrorInvalidValue;
-  return dispatch_dtype(dtype, [&](auto tag) {
-    using T = typename decltype(tag)::type;
-    return launch_fwd<T>(x, A, c, y, B, C, HW, as_stream(stream));
-  });
-}
-
-int channel_affine_bwd(int dtype, const void* x, const void* dy, const void* A, void* dx, void* dA_part,
-                       void* dc_part, int64_t B, int64_t C, int64_t HW, int64_t chunk, uintptr_t stream) {
-  if (C < 1 || C > max_channels() || B < 0 || HW < 0 || chunk < 1) return (int)cudaErrorInvalidValue;
-  return dispatch_dtype(dtype, [&](auto tag) {
-    using T = typename decltype(tag)::type;
-    return launch_bwd<T>(x, dy, A, dx, dA_part, dc_part, B, C, HW, chunk, as_stream(stream));
-  });
-}
-
 }  // namespace cuda
+
+template <>
+int channel_affine_fwd<Device::kCUDA>(const ChannelAffineParams& p) {
+  if (p.C < 1 || p.C > kCudaMaxChannels || p.B < 0 || p.HW < 0) return (int)cudaErrorInvalidValue;
+  return cuda::dispatch_dtype(p.dtype, [&](auto tag) { return cuda::launch_fwd<typename decltype(tag)::type>(p); });
+}
+
+template <>
+int channel_affine_bwd<Device::kCUDA>(const ChannelAffineParams& p) {
+  if (p.C < 1 || p.C > kCudaMaxChannels || p.B < 0 || p.HW < 0 || p.chunk < 1) return (int)cudaErrorInvalidValue;
+  return cuda::dispatch_dtype(p.dtype, [&](auto tag) { return cuda::launch_bwd<typename decltype(tag)::type>(p); });
+}
+
 }  // namespace flowkern

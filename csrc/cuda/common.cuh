@@ -1,4 +1,5 @@
-// Helpers shared by the CUDA kernels: element/accumulator types, conversions, dtype dispatch, reductions.
+// Helpers shared by the CUDA kernels: element/accumulator types, conversions, the coupling's sigmoid math, dtype
+// dispatch, reductions.
 #pragma once
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -10,9 +11,6 @@
 
 namespace flowkern {
 namespace cuda {
-namespace detail {
-
-constexpr int kMaxChannels = 128;  // channel_affine keeps the C x C matrix in shared memory
 
 // Half inputs accumulate in float; double stays double (kernels.h).
 template <typename T> struct AccOf { using type = float; };
@@ -37,6 +35,21 @@ __device__ __forceinline__ float fk_exp(float v) { return expf(v); }
 __device__ __forceinline__ double fk_exp(double v) { return exp(v); }
 __device__ __forceinline__ float fk_log1p(float v) { return log1pf(v); }
 __device__ __forceinline__ double fk_log1p(double v) { return log1p(v); }
+
+// s = sigmoid(u) with 1 - s, 1 / s and log s, for the coupling's forward, inverse and backward alike. With
+// z = exp(-|u|) in (0, 1]: s = 1/(1+z) (u >= 0) or z/(1+z) (u < 0), 1 - s is the other one (no cancellation),
+// log s = min(u, 0) - log1p(z); 1/s stays finite until exp(-u) itself overflows.
+template <typename Acc>
+struct SigmoidParts {
+  Acc s, one_minus_s, inv_s, log_s;
+};
+template <typename Acc>
+__device__ __forceinline__ SigmoidParts<Acc> sigmoid_parts(Acc u) {
+  const bool neg = u < Acc(0);
+  const Acc z = fk_exp(neg ? u : -u);
+  const Acc r = Acc(1) / (Acc(1) + z);
+  return {neg ? z * r : r, neg ? r : z * r, neg ? (Acc(1) + z) / z : Acc(1) + z, (neg ? u : Acc(0)) - fk_log1p(z)};
+}
 
 // One dynamic shared-memory buffer for all kernels (declaring it with different types per template would clash).
 template <typename Acc> __device__ __forceinline__ Acc* dynamic_smem() {
@@ -103,6 +116,5 @@ inline cudaError_t copy_rows(void* dst, int64_t dst_pitch, const void* src, int6
                            (size_t)rows, cudaMemcpyDeviceToDevice, stream);
 }
 
-}  // namespace detail
 }  // namespace cuda
 }  // namespace flowkern

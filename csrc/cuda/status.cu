@@ -1,11 +1,10 @@
-// Runtime status queries: lets the Python side explain why CUDA kernels are unavailable instead of failing
-// on the first launch.
+// Runtime status queries: let the Python side explain why CUDA kernels are unavailable instead of failing on the
+// first launch.
 #include <cuda_runtime.h>
 
 #include <cstdio>
 
-#include "cuda/common.cuh"
-#include "cuda/cuda_ops.h"
+#include "cuda/status.h"
 
 namespace flowkern {
 namespace cuda {
@@ -25,8 +24,6 @@ int device_count(char* why, int why_len) {
 }
 
 const char* error_string(int code) { return cudaGetErrorString(static_cast<cudaError_t>(code)); }
-
-int64_t max_channels() { return detail::kMaxChannels; }
 
 }  // namespace cuda
 }  // namespace flowkern

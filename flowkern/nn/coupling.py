@@ -53,13 +53,13 @@ class AffineCoupling(nn.Module):
         return self.nn(xa if context is None else torch.cat([xa, context.to(xa.dtype)], 1))
 
     def forward(self, x, context=None):
-        check_input(x, self.num_channels, type(self).__name__)
-        check_context(context, x, self.context_channels, type(self).__name__)
+        check_input(self, x)
+        check_context(self, context, x)
         return ops.affine_coupling(x, self._h(x[:, :self.ca], context), self.affine)
 
     def inverse(self, y, context=None):
-        check_input(y, self.num_channels, type(self).__name__)
-        check_context(context, y, self.context_channels, type(self).__name__)
+        check_input(self, y)
+        check_context(self, context, y)
         return ops.affine_coupling_inverse(y, self._h(y[:, :self.ca], context), self.affine)
 
     def extra_repr(self):

@@ -50,7 +50,7 @@ class Glow(nn.Module):
         self.image_size = tuple(int(v) for v in size) if size else None
 
     def _check(self, x, context):
-        check_input(x, self.in_channels, type(self).__name__)
+        check_input(self, x, self.in_channels)
         H, W = x.shape[2:]
         f = 2 ** self.levels
         if H % f or W % f:

@@ -2,7 +2,7 @@ import torch
 from torch import nn
 
 from flowkern import ops
-from flowkern.ops._common import no_autocast
+from flowkern.ops.checks import no_autocast
 from flowkern.nn._checks import check_input
 
 
@@ -35,11 +35,11 @@ class _InvConvBase(nn.Module):
         return (hw * self.logdet_per_pixel()).to(ops.acc_dtype(x.dtype)).expand(x.shape[0])
 
     def forward(self, x, context=None):
-        check_input(x, self.num_channels, type(self).__name__)
+        check_input(self, x)
         return ops.channel_affine(x, self.weight()), self.logdet(x)
 
     def inverse(self, y, context=None):
-        check_input(y, self.num_channels, type(self).__name__)
+        check_input(self, y)
         return ops.channel_affine(y, self.weight_inverse()), -self.logdet(y)
 
     def extra_repr(self):

@@ -41,8 +41,8 @@ class Split(nn.Module):
         return h[:, :self.c2], h[:, self.c2:]
 
     def forward(self, x, context=None):
-        check_input(x, self.num_channels, type(self).__name__)
-        check_context(context, x, self.context_channels, type(self).__name__)
+        check_input(self, x)
+        check_context(self, context, x)
         if not self.learn_prior:
             return x, x.new_zeros(x.shape[0])
         z1, z2 = x[:, :self.c1], x[:, self.c1:]
@@ -51,8 +51,8 @@ class Split(nn.Module):
         return torch.cat([z1, eps], 1), -logs.flatten(1).sum(1)
 
     def inverse(self, y, context=None):
-        check_input(y, self.num_channels, type(self).__name__)
-        check_context(context, y, self.context_channels, type(self).__name__)
+        check_input(self, y)
+        check_context(self, context, y)
         if not self.learn_prior:
             return y, y.new_zeros(y.shape[0])
         z1, eps = y[:, :self.c1], y[:, self.c1:]
@@ -82,16 +82,16 @@ class TopPrior(nn.Module):
         return self.mean.view(1, -1, 1, 1).expand_as(z), self.logs.view(1, -1, 1, 1).expand_as(z)
 
     def forward(self, z, context=None):
-        check_input(z, self.num_channels, type(self).__name__)
-        check_context(context, z, self.context_channels, type(self).__name__)
+        check_input(self, z)
+        check_context(self, context, z)
         if not self.learn_prior:
             return z, z.new_zeros(z.shape[0])
         mean, logs = self.mean_logs(z, context)
         return (z - mean) * torch.exp(-logs), -logs.flatten(1).sum(1)
 
     def inverse(self, eps, context=None):
-        check_input(eps, self.num_channels, type(self).__name__)
-        check_context(context, eps, self.context_channels, type(self).__name__)
+        check_input(self, eps)
+        check_context(self, context, eps)
         if not self.learn_prior:
             return eps, eps.new_zeros(eps.shape[0])
         mean, logs = self.mean_logs(eps, context)

@@ -1,18 +1,13 @@
-"""Functional fused ops. Each file holds one op: its pure-torch reference (*_ref), its dispatch to the C++,
-CUDA or Triton kernels, and its torch.library registration (custom_op + fake + autograd)."""
-from flowkern.ops import _common
+"""The fused ops. Each op file holds one op: its pure-torch reference (*_ref), its kernel launches, its autograd
+formula and its public function; registry.py registers them all with torch.library; dispatch.py picks the backend and
+launches the kernel (csrc/ for C++ and CUDA, ops/triton/ for Triton)."""
+from flowkern.ops import registry  # noqa: F401  (registers the torch.library ops)
+from flowkern.ops.actnorm_invconv import actnorm_invconv, actnorm_invconv_inverse, actnorm_invconv_ref
 from flowkern.ops.affine_coupling import (affine_coupling, affine_coupling_inverse, affine_coupling_inverse_ref,
                                           affine_coupling_ref)
-from flowkern.ops.channel_affine import (actnorm_invconv, actnorm_invconv_inverse, actnorm_invconv_ref,
-                                         channel_affine, channel_affine_ref)
-from flowkern.ops._common import acc_dtype
+from flowkern.ops.channel_affine import channel_affine, channel_affine_ref
+from flowkern.ops.checks import acc_dtype
 
-
-def uses_kernels(x) -> bool:
-    """True when the fused kernels (not the torch reference) will run on x with the current backend."""
-    return _common.pick_backend(x, x.shape[1]) != "torch"
-
-
-__all__ = ["uses_kernels", "acc_dtype", "actnorm_invconv", "actnorm_invconv_inverse", "actnorm_invconv_ref",
-           "channel_affine", "channel_affine_ref", "affine_coupling", "affine_coupling_inverse", "affine_coupling_ref",
+__all__ = ["acc_dtype", "actnorm_invconv", "actnorm_invconv_inverse", "actnorm_invconv_ref", "channel_affine",
+           "channel_affine_ref", "affine_coupling", "affine_coupling_inverse", "affine_coupling_ref",
            "affine_coupling_inverse_ref"]

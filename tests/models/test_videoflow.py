@@ -6,7 +6,7 @@ import torch
 
 import flowkern
 from flowkern.models import VIDEOFLOW_CONFIGS, VideoFlow
-from flowkern.utils import saved_tensor_bytes
+from flowkern.memory import saved_tensor_bytes
 
 TINY = VIDEOFLOW_CONFIGS["tiny"]
 
@@ -19,8 +19,7 @@ def model(dtype=torch.float32, **kw):
             p.add_(0.05 * torch.randn_like(p))
     for mod in m.modules():
         if isinstance(mod, flowkern.ActNorm2d):
-            mod.initialized.fill_(True)
-            mod._initialized = True
+            mod.mark_initialized()
     return m
 
 

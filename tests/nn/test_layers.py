@@ -130,6 +130,45 @@ def test_actnorm_init_refuses_non_finite_batch():
         m(x)
 
 
+@pytest.mark.parametrize("offset,std", [(1e6, 0.01), (1e8, 1.0), (-3e7, 2e-3)])
+def test_actnorm_init_is_numerically_stable(offset, std):
+    """Large offsets, small spread (float64): E[x^2] - mean^2 cancelled to scales of 64 or 90 instead of 100, and
+    called a channel of offset 1e8, std 1 constant."""
+    m = ActNorm2d(2).double().train()
+    x = offset + std * torch.randn(16, 2, 8, 8, dtype=torch.float64)
+    want = x.transpose(0, 1).reshape(2, -1).std(1, unbiased=False)
+    m(x)
+    torch.testing.assert_close(m.scale(), 1.0 / want, rtol=1e-6, atol=0.0)
+    torch.testing.assert_close(-m.bias, x.mean((0, 2, 3)), rtol=1e-12, atol=0.0)
+
+
+def test_actnorm_init_accepts_finite_batch_whose_squares_overflow():
+    m = ActNorm2d(1).double().train()
+    x = 1e200 * torch.randn(4, 1, 4, 4, dtype=torch.float64)  # x * x overflows float64
+    y, ld = m(x)
+    assert torch.isfinite(y).all() and torch.isfinite(ld).all()
+    torch.testing.assert_close(y.std(unbiased=False), torch.tensor(1.0, dtype=torch.float64))
+
+
+def test_actnorm_init_refuses_an_empty_batch():
+    with pytest.raises(ValueError, match="empty"):
+        ActNorm2d(3).train()(torch.randn(0, 3, 4, 4))
+
+
+def test_actnorm_initialized_buffer_is_the_truth():
+    m = ActNorm2d(2).train()
+    assert m.needs_init() and not m.is_initialized()
+    m.initialized.fill_(True)  # set directly, not through mark_initialized: still seen
+    assert m.is_initialized() and not m.needs_init()
+    b0 = m.bias.detach().clone()
+    m(torch.randn(2, 2, 3, 3) + 5)
+    assert torch.equal(m.bias.detach(), b0)  # no data-dependent init ran
+    m.mark_initialized(False)
+    assert m.needs_init()
+    m.load_state_dict({**m.state_dict(), "initialized": torch.tensor(True)})
+    assert m.is_initialized()
+
+
 def test_actnorm_initialized_flag_survives_state_dict():
     m = ActNorm2d(4).train()
     m(torch.randn(6, 4, 3, 3) * 5 + 1)
@@ -256,26 +295,35 @@ def test_glow_overfits_tiny_dataset(backend):
     assert end < start - 1.0, (start, end)
 
 
-@pytest.mark.parametrize("bad,match", [
-    (lambda: ActNorm2d(3)(torch.randn(2, 3, 4)), "4-D"),
-    (lambda: ActNorm2d(3)(torch.randn(2, 4, 4, 4)), "expected 3 channels"),
-    (lambda: InvConv1x1LU(3)(torch.randn(2, 5, 4, 4)), "expected 3 channels"),
-    (lambda: AffineCoupling(1), "at least 2 channels"),
-    (lambda: AffineCoupling(4, 8, context_channels=2)(torch.randn(2, 4, 4, 4)), "context tensor"),
+@pytest.mark.parametrize("bad,exc,match", [
+    (lambda: ActNorm2d(3)(torch.randn(2, 3, 4)), ValueError, "4-D"),
+    (lambda: ActNorm2d(3)(torch.randn(2, 4, 4, 4)), ValueError, "expected 3 channels"),
+    (lambda: ActNorm2d(3)(torch.zeros(2, 3, 4, 4, dtype=torch.int64)), TypeError, "floating-point"),
+    (lambda: ActNorm2d(3)([1.0, 2.0]), TypeError, "expected a torch.Tensor"),
+    (lambda: ActNorm2d(3).train()(torch.randn(0, 3, 4, 4)), ValueError, "non-empty first batch"),
+    (lambda: ActNorm2d(1).train()(torch.tensor([[[[1.0, float("nan")]]]])), ValueError, "non-finite"),
+    (lambda: InvConv1x1LU(3)(torch.randn(2, 5, 4, 4)), ValueError, "expected 3 channels"),
+    (lambda: InvConv1x1(3)(torch.randn(2, 3, 4, 4, dtype=torch.float64)), TypeError,
+     r"input dtype torch.float64 does not match the module's parameters \(torch.float32\)"),
+    (lambda: FlowStep(4, 8)(torch.randn(2, 4, 4, 4, dtype=torch.float16)), TypeError, "does not match the module"),
+    (lambda: Glow(3, 2, 1, 8)(torch.randn(1, 3, 8, 8, dtype=torch.float64)), TypeError, "does not match the module"),
+    (lambda: AffineCoupling(1), ValueError, "at least 2 channels"),
+    (lambda: AffineCoupling(4, 8, context_channels=2)(torch.randn(2, 4, 4, 4)), ValueError, "context tensor"),
     (lambda: AffineCoupling(4, 8, context_channels=2)(torch.randn(2, 4, 4, 4), torch.randn(2, 2, 3, 4)),
-     "context must have shape"),
-    (lambda: AffineCoupling(4, 8)(torch.randn(2, 4, 4, 4), torch.randn(2, 2, 4, 4)), "context_channels=0"),
-    (lambda: Squeeze2d()(torch.randn(1, 2, 3, 4)), "even height and width"),
-    (lambda: Glow(3, 2, 1, 8)(torch.randn(1, 3, 6, 6)), "divisible by 4"),
-    (lambda: Glow(3, 2, 1, 8, context_channels=1)(torch.randn(1, 3, 8, 8)), "context must have shape"),
-    (lambda: Glow(3, 2, 1, 8).sample(1), "image_size"),
-    (lambda: flowkern.preprocess(torch.tensor([1.0, float("inf")])), "non-finite"),
-    (lambda: flowkern.preprocess(torch.tensor([300.0])), r"\[0, 255\]"),
-    (lambda: ActNorm2d(3)(torch.zeros(2, 3, 4, 4, dtype=torch.int64)), "floating-point"),
-    (lambda: flowkern.set_backend("gpu"), "unknown flowkern backend"),
+     ValueError, "context must have shape"),
+    (lambda: AffineCoupling(4, 8)(torch.randn(2, 4, 4, 4), torch.randn(2, 2, 4, 4)), ValueError,
+     "context_channels=0"),
+    (lambda: Squeeze2d()(torch.randn(1, 2, 3, 4)), ValueError, "even height and width"),
+    (lambda: Glow(3, 2, 1, 8)(torch.randn(1, 3, 6, 6)), ValueError, "divisible by 4"),
+    (lambda: Glow(3, 2, 1, 8, context_channels=1)(torch.randn(1, 3, 8, 8)), ValueError, "context must have shape"),
+    (lambda: Glow(3, 2, 1, 8).sample(1), ValueError, "image_size"),
+    (lambda: flowkern.preprocess(torch.tensor([1.0, float("inf")])), ValueError, "non-finite"),
+    (lambda: flowkern.preprocess(torch.tensor([300.0])), ValueError, r"\[0, 255\]"),
+    (lambda: flowkern.preprocess(torch.tensor([3.0]), n_bits=9), ValueError, "n_bits must be in 1..8"),
+    (lambda: flowkern.set_backend("gpu"), ValueError, "unknown flowkern backend"),
 ])
-def test_bad_input_raises_clear_error(bad, match):
-    with pytest.raises((ValueError, TypeError), match=match):
+def test_bad_input_raises_clear_error(bad, exc, match):
+    with pytest.raises(exc, match=match):
         bad()
 
 

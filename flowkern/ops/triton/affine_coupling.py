@@ -1,4 +1,4 @@
-"""Triton kernels for the Glow coupling tail (csrc/kernels.h).
+"""Triton kernels for affine_coupling, the Glow coupling's elementwise tail (contract: csrc/kernels.h).
 
 x = [x_a, x_b] over channels (Ca passthrough, Cb = C - Ca transformed); h is the coupling network's output,
 [h_t, h_s] (2*Cb channels) when affine, h_t alone (Cb channels) when additive; s = sigmoid(h_s + 2).
@@ -8,6 +8,9 @@ Each kernel also copies the passthrough half, so every element is read once and 
 fwd/inv: one program per chunk k of sample n's flattened Cb*HW block (grid (nk, B)); it writes that chunk's
 sum of log s to ld_part[n, k] once, without atomics, so the log-determinant is bitwise deterministic.
 Math runs in float32 (float64 for float64 inputs).
+
+The launchers take the op's params (the fields of AffineCouplingParams in csrc/kernels.h, tensors as tensors) and
+fill the outputs the caller allocated, like the C++ and CUDA kernels.
 """
 import torch
 import triton
@@ -16,22 +19,22 @@ import triton.language as tl
 BLOCK = 1024  # elements per step; elementwise and memory-bound, so large blocks (and few interpreter programs)
 
 
-def _acc_dtypes(dtype):
-    if dtype == torch.float64:
-        return torch.float64, tl.float64
-    return torch.float32, tl.float32
+def _acc(dtype):
+    return tl.float64 if dtype == torch.float64 else tl.float32
 
 
 @triton.jit
 def _sigmoid_parts(u):
-    # With e = exp(-|u|) <= 1 nothing overflows: s, 1 - s and log s come without cancellation for any u.
+    """s = sigmoid(u), 1 - s, 1 / s and log s for the forward, inverse and backward alike. With e = exp(-|u|) in
+    (0, 1] nothing overflows and nothing cancels: s = 1/(1+e) or e/(1+e), 1 - s the other one."""
     e = tl.exp(-tl.abs(u))
     r = 1.0 / (1.0 + e)
     pos = u >= 0
     s = tl.where(pos, r, e * r)
     one_minus_s = tl.where(pos, e * r, r)
+    inv_s = tl.where(pos, 1.0 + e, (1.0 + e) / e)
     log_s = tl.minimum(u, 0.0) - tl.log(1.0 + e)
-    return s, one_minus_s, log_s
+    return s, one_minus_s, inv_s, log_s
 
 
 @triton.jit
@@ -59,8 +62,8 @@ def _coupling_kernel(
     log_s_acc = tl.zeros([BLOCK], dtype=ACC)
     for i0 in range(start, tl.maximum(end_a, end_b), BLOCK):  # stop at the data's end, not the chunk's
         i = i0 + tl.arange(0, BLOCK)
-        # Passthrough: element i of x_a, copied by the program that owns element i of x_b
-        # (the grid is widened when Ca > Cb so that every element of x_a has an owner).
+        # Passthrough: element i of x_a, copied by the program that owns element i of x_b (Ca <= Cb, since
+        # Ca = C // 2, so every element of x_a has an owner).
         mask_a = i < end_a
         tl.store(y_ptr + i, tl.load(x_ptr + i, mask=mask_a), mask=mask_a)
 
@@ -69,9 +72,9 @@ def _coupling_kernel(
         ht = tl.load(h_ptr + i, mask=mask_b, other=0.0).to(ACC)
         if AFFINE:
             u = tl.load(h_ptr + nb + i, mask=mask_b, other=0.0).to(ACC) + 2.0
-            s, _, log_s = _sigmoid_parts(u)
+            s, _, inv_s, log_s = _sigmoid_parts(u)
             if INVERSE:
-                yb = xb * (1.0 + tl.exp(-u)) - ht  # y_b / s - h_t
+                yb = xb * inv_s - ht
             else:
                 yb = (xb + ht) * s
             log_s_acc += tl.where(mask_b, log_s, 0.0)
@@ -83,39 +86,28 @@ def _coupling_kernel(
         tl.store(y_ptr + na + i, yb.to(y_ptr.dtype.element_ty), mask=mask_b)
 
     if AFFINE:
-        # One writer per partial; programs past nk exist only to copy x_a.
-        tl.store(ld_part_ptr + n * nk + k, tl.sum(log_s_acc, 0), mask=k < nk)
+        tl.store(ld_part_ptr + n * nk + k, tl.sum(log_s_acc, 0))  # one writer per partial
 
 
-def _coupling(x, h, Ca, affine, chunk, inverse):
-    assert x.dim() == 4 and x.is_contiguous() and h.is_contiguous() and h.dtype == x.dtype
-    B, C, H, W = x.shape
-    HW = H * W
-    Cb = C - Ca
-    assert 0 <= Ca < C and h.shape == (B, 2 * Cb if affine else Cb, H, W)
-    assert chunk >= 1
-    acc_torch, acc_tl = _acc_dtypes(x.dtype)
-    nk = triton.cdiv(Cb * HW, chunk)
-    y = torch.empty_like(x)
-    ld_part = torch.empty((B, nk), device=x.device, dtype=acc_torch) if affine else None
-    # Programs k >= nk (only when Ca > Cb) copy the rest of x_a and write no partial.
-    n_prog = max(nk, triton.cdiv(Ca * HW, chunk))
-    if B == 0 or n_prog == 0:
-        return y, ld_part
-    assert B < 65536, "grid axis 1 is limited to 65535"
-    _coupling_kernel[(n_prog, B)](
-        x, h, y, ld_part, C, Ca, HW, chunk, nk,
-        ACC=acc_tl, AFFINE=affine, INVERSE=inverse, BLOCK=min(BLOCK, triton.next_power_of_2(chunk)),
+def _launch_fwd_or_inv(p, inverse):
+    inp, out = (p.y, p.x) if inverse else (p.x, p.y)
+    nk = triton.cdiv((p.C - p.Ca) * p.HW, p.chunk)
+    if p.B >= 65536:
+        raise ValueError(f"affine_coupling (triton): batch {p.B} exceeds the grid limit 65535")
+    _coupling_kernel[(nk, p.B)](
+        inp, p.h, out, p.ld_part, p.C, p.Ca, p.HW, p.chunk, nk,
+        ACC=_acc(inp.dtype), AFFINE=p.affine, INVERSE=inverse, BLOCK=min(BLOCK, triton.next_power_of_2(p.chunk)),
     )
-    return y, ld_part
 
 
-def coupling_fwd(x, h, Ca, affine, chunk):
-    return _coupling(x, h, Ca, affine, chunk, inverse=False)
+def affine_coupling_fwd(p):
+    """y = (x_a, (x_b + h_t) * s) and the logdet partials. p: x, h, y, ld_part (outputs), B, C, Ca, HW, chunk, affine."""
+    _launch_fwd_or_inv(p, inverse=False)
 
 
-def coupling_inv(y, h, Ca, affine, chunk):
-    return _coupling(y, h, Ca, affine, chunk, inverse=True)
+def affine_coupling_inv(p):
+    """x = (y_a, y_b / s - h_t) and the logdet partials. p: y, h, x, ld_part (outputs), B, C, Ca, HW, chunk, affine."""
+    _launch_fwd_or_inv(p, inverse=True)
 
 
 @triton.jit
@@ -146,7 +138,7 @@ def _coupling_bwd_kernel(
     if AFFINE:
         dyb = tl.load(dy_ptr + na + i, mask=mask_b, other=0.0).to(ACC)
         u = tl.load(h_ptr + nb + i, mask=mask_b, other=0.0).to(ACC) + 2.0
-        s, one_minus_s, _ = _sigmoid_parts(u)
+        s, one_minus_s, _, _ = _sigmoid_parts(u)
         g = dyb * s  # dx_b = dh_t
         tl.store(dx_ptr + na + i, g.to(dx_ptr.dtype.element_ty), mask=mask_b)
         tl.store(dh_ptr + i, g.to(dh_ptr.dtype.element_ty), mask=mask_b)
@@ -161,24 +153,12 @@ def _coupling_bwd_kernel(
         tl.store(dh_ptr + i, dyb, mask=mask_b)
 
 
-def coupling_bwd(y, h, dy, dld, Ca, affine):
-    assert y.dim() == 4 and y.is_contiguous() and dy.shape == y.shape and dy.dtype == y.dtype and dy.is_contiguous()
-    B, C, H, W = y.shape
-    HW = H * W
-    Cb = C - Ca
-    assert 0 <= Ca < C and h.shape == (B, 2 * Cb if affine else Cb, H, W) and h.dtype == y.dtype and h.is_contiguous()
-    acc_torch, acc_tl = _acc_dtypes(y.dtype)
-    has_dld = affine and dld is not None  # the additive coupling has no log-determinant
-    if has_dld:
-        assert dld.shape == (B,) and dld.dtype == acc_torch and dld.is_contiguous()
-    dx = torch.empty_like(y)
-    dh = torch.empty_like(h)
-    n_prog = triton.cdiv(max(Ca, Cb) * HW, BLOCK)
-    if B == 0 or n_prog == 0:
-        return dx, dh
-    assert B < 65536, "grid axis 1 is limited to 65535"
-    _coupling_bwd_kernel[(n_prog, B)](
-        y, h, dy, dld if has_dld else None, dx, dh, C, Ca, HW,
-        ACC=acc_tl, AFFINE=affine, HAS_DLD=has_dld, BLOCK=BLOCK,
+def affine_coupling_bwd(p):
+    """dx, dh from y, h, dy, dld. p: y, h, dy, dld (or None), dx, dh (outputs), B, C, Ca, HW, affine."""
+    has_dld = p.affine and p.dld is not None  # the additive coupling has no log-determinant
+    if p.B >= 65536:
+        raise ValueError(f"affine_coupling (triton): batch {p.B} exceeds the grid limit 65535")
+    _coupling_bwd_kernel[(triton.cdiv((p.C - p.Ca) * p.HW, BLOCK), p.B)](
+        p.y, p.h, p.dy, p.dld if has_dld else None, p.dx, p.dh, p.C, p.Ca, p.HW,
+        ACC=_acc(p.y.dtype), AFFINE=p.affine, HAS_DLD=has_dld, BLOCK=BLOCK,
     )
-    return dx, dh

@@ -1,4 +1,4 @@
-// coupling: the elementwise tail of Glow's affine/additive coupling layer. See ../kernels.h for the contract.
+// affine_coupling: the elementwise tail of Glow's affine/additive coupling layer. See ../kernels.h for the contract.
 //
 // Per sample n the transformed block x_b = x[n, Ca:] is contiguous (Cb*HW elements) and so are h_t = h[n, :Cb]
 // and h_s = h[n, Cb:], so every kernel runs over a flat element index e in [0, Cb*HW). The passthrough
@@ -9,29 +9,16 @@
 #include <climits>
 
 #include "cuda/common.cuh"
-#include "cuda/cuda_ops.h"
 
 namespace flowkern {
 namespace cuda {
 namespace {
-
-using namespace detail;
 
 constexpr int kThreads = 256;
 constexpr int kUnroll = 4;                                   // elements in flight per thread (loads first)
 constexpr int64_t kAdditiveChunk = kThreads * kUnroll * 4;   // additive has no log-det: the chunk is ours
 constexpr int64_t kMaxBlocksPerSample = 4096;                // coupling_bwd grid-stride cap
 constexpr int64_t kMaxGridY = 65535;
-
-// s = sigmoid(u), 1 - s and log s, without overflow or cancellation: z = exp(-|u|) lies in (0, 1].
-template <typename Acc>
-__device__ __forceinline__ void sigmoid_parts(Acc u, Acc& s, Acc& one_minus_s, Acc& log_s, Acc& z) {
-  z = fk_exp(u < Acc(0) ? u : -u);
-  const Acc r = Acc(1) / (Acc(1) + z);
-  s = u >= Acc(0) ? r : z * r;
-  one_minus_s = u >= Acc(0) ? z * r : r;
-  log_s = (u < Acc(0) ? u : Acc(0)) - fk_log1p(z);
-}
 
 // Forward (y_b = (x_b + h_t) * s) or inverse (x_b = y_b * (1 + exp(-u)) - h_t); additive: x_b +/- h.
 template <typename T, bool kAffine, bool kInverse>
@@ -67,11 +54,9 @@ coupling_fwd_kernel(const T* __restrict__ in, const T* __restrict__ h, T* __rest
         if (e >= end) break;
         Acc o;
         if constexpr (kAffine) {
-          Acc s, one_minus_s, log_s, z;
-          sigmoid_parts(u[r], s, one_minus_s, log_s, z);
-          // inverse: y_b / s written as y_b * (1 + exp(-u)), finite until exp(-u) itself overflows
-          o = kInverse ? v[r] * (Acc(1) + fk_exp(-u[r])) - t[r] : (v[r] + t[r]) * s;
-          log_sum += log_s;
+          const SigmoidParts<Acc> sp = sigmoid_parts(u[r]);
+          o = kInverse ? v[r] * sp.inv_s - t[r] : (v[r] + t[r]) * sp.s;
+          log_sum += sp.log_s;
         } else {
           o = kInverse ? v[r] - t[r] : v[r] + t[r];
         }
@@ -105,21 +90,24 @@ coupling_bwd_kernel(const T* __restrict__ y, const T* __restrict__ h, const T* _
     const Acc g = dld != nullptr ? dld[n] : Acc(0);
     for (int64_t e = (int64_t)blockIdx.x * kThreads + threadIdx.x; e < nb; e += (int64_t)gridDim.x * kThreads) {
       const Acc d = to_acc(dy_b[e]), yv = to_acc(y_b[e]);
-      Acc s, one_minus_s, log_s, z;
-      sigmoid_parts(to_acc(hs[e]) + Acc(2), s, one_minus_s, log_s, z);
-      const T ds = from_acc<T>(d * s);
+      const SigmoidParts<Acc> sp = sigmoid_parts(to_acc(hs[e]) + Acc(2));
+      const T ds = from_acc<T>(d * sp.s);
       dx_b[e] = ds;
       dht[e] = ds;
-      dhs[e] = from_acc<T>((d * yv + g) * one_minus_s);
+      dhs[e] = from_acc<T>((d * yv + g) * sp.one_minus_s);
     }
   }
 }
 
+// Forward (kInverse = false: x -> y) or inverse (y -> x): the passthrough copy, then the transformed half.
 template <typename T, bool kInverse>
-int launch_fwd(const void* in, const void* h, void* out, void* ld_part, int64_t B, int64_t C, int64_t Ca,
-               int64_t HW, bool affine, int64_t chunk, cudaStream_t stream) {
+int launch_fwd(const AffineCouplingParams& p) {
   using Acc = acc_t<T>;
+  const int64_t B = p.B, C = p.C, Ca = p.Ca, HW = p.HW;
   if (B == 0 || HW == 0) return (int)cudaSuccess;
+  const T* in = static_cast<const T*>(kInverse ? p.y : p.x);
+  T* out = static_cast<T*>(kInverse ? p.x : p.y);
+  const cudaStream_t stream = as_stream(p.stream);
   cudaError_t err = copy_rows(out, C * HW, in, C * HW, Ca * HW, B, sizeof(T), stream);
   if (err != cudaSuccess) {
     cudaGetLastError();
@@ -127,84 +115,69 @@ int launch_fwd(const void* in, const void* h, void* out, void* ld_part, int64_t 
   }
   const int64_t nb = (C - Ca) * HW;
   if (nb == 0) return (int)cudaGetLastError();  // Ca == C: no transformed channels, ld_part has no columns
-  if (!affine) chunk = kAdditiveChunk;
+  const int64_t chunk = p.affine ? p.chunk : kAdditiveChunk;
   const int64_t nk = ceil_div(nb, chunk);
   if (nk > INT_MAX) return (int)cudaErrorInvalidValue;
   const dim3 grid((unsigned)nk, (unsigned)std::min<int64_t>(B, kMaxGridY));
-  const T* in_t = static_cast<const T*>(in);
-  const T* h_t = static_cast<const T*>(h);
-  T* out_t = static_cast<T*>(out);
-  Acc* ld = static_cast<Acc*>(ld_part);
-  if (affine)
-    coupling_fwd_kernel<T, true, kInverse><<<grid, kThreads, 0, stream>>>(in_t, h_t, out_t, ld, C, Ca, HW, chunk,
-                                                                          nk, B);
-  else
-    coupling_fwd_kernel<T, false, kInverse><<<grid, kThreads, 0, stream>>>(in_t, h_t, out_t, nullptr, C, Ca, HW,
-                                                                           chunk, nk, B);
+  const auto kernel = p.affine ? coupling_fwd_kernel<T, true, kInverse> : coupling_fwd_kernel<T, false, kInverse>;
+  kernel<<<grid, kThreads, 0, stream>>>(in, static_cast<const T*>(p.h), out, static_cast<Acc*>(p.ld_part), C, Ca, HW,
+                                        chunk, nk, B);  // additive: ld_part is null and unused
   return (int)cudaGetLastError();
 }
 
 template <typename T>
-int launch_bwd(const void* y, const void* h, const void* dy, const void* dld, void* dx, void* dh, int64_t B,
-               int64_t C, int64_t Ca, int64_t HW, bool affine, cudaStream_t stream) {
+int launch_bwd(const AffineCouplingParams& p) {
   using Acc = acc_t<T>;
+  const int64_t B = p.B, C = p.C, Ca = p.Ca, HW = p.HW;
   if (B == 0 || HW == 0) return (int)cudaSuccess;
   const int64_t Cb = C - Ca, nb = Cb * HW;
+  const cudaStream_t stream = as_stream(p.stream);
   cudaError_t err;
-  if (affine) {
-    err = copy_rows(dx, C * HW, dy, C * HW, Ca * HW, B, sizeof(T), stream);  // dx[:, :Ca] = dy[:, :Ca]
+  if (p.affine) {
+    err = copy_rows(p.dx, C * HW, p.dy, C * HW, Ca * HW, B, sizeof(T), stream);  // dx[:, :Ca] = dy[:, :Ca]
   } else {
     // Additive: dx = dy everywhere and dh = dy[:, Ca:]; both are plain copies.
-    err = copy_flat(dx, dy, B * C * HW, sizeof(T), stream);
+    err = copy_flat(p.dx, p.dy, B * C * HW, sizeof(T), stream);
     if (err == cudaSuccess)
-      err = copy_rows(dh, nb, static_cast<const T*>(dy) + Ca * HW, C * HW, nb, B, sizeof(T), stream);
+      err = copy_rows(p.dh, nb, static_cast<const T*>(p.dy) + Ca * HW, C * HW, nb, B, sizeof(T), stream);
   }
   if (err != cudaSuccess) {
     cudaGetLastError();
     return (int)err;
   }
-  if (!affine || nb == 0) return (int)cudaGetLastError();
+  if (!p.affine || nb == 0) return (int)cudaGetLastError();
   const dim3 grid((unsigned)std::min<int64_t>(ceil_div(nb, kThreads), kMaxBlocksPerSample),
                   (unsigned)std::min<int64_t>(B, kMaxGridY));
   coupling_bwd_kernel<T><<<grid, kThreads, 0, stream>>>(
-      static_cast<const T*>(y), static_cast<const T*>(h), static_cast<const T*>(dy), static_cast<const Acc*>(dld),
-      static_cast<T*>(dx), static_cast<T*>(dh), C, Ca, HW, B);
+      static_cast<const T*>(p.y), static_cast<const T*>(p.h), static_cast<const T*>(p.dy),
+      static_cast<const Acc*>(p.dld), static_cast<T*>(p.dx), static_cast<T*>(p.dh), C, Ca, HW, B);
   return (int)cudaGetLastError();
 }
 
 // Shared argument checks; chunk only matters for the affine log-det partials.
-inline bool valid_sizes(int64_t B, int64_t C, int64_t Ca, int64_t HW) {
-  return B >= 0 && C >= 1 && Ca >= 0 && Ca <= C && HW >= 0;
+inline bool valid(const AffineCouplingParams& p, bool needs_chunk) {
+  return p.B >= 0 && p.C >= 1 && p.Ca >= 0 && p.Ca <= p.C && p.HW >= 0 && !(needs_chunk && p.affine && p.chunk < 1);
 }
 
 }  // namespace
-
-int coupling_fwd(int dtype, const void* x, const void* h, void* y, void* ld_part, int64_t B, int64_t C,
-                 int64_t Ca, int64_t HW, bool affine, int64_t chunk, uintptr_t stream) {
-  if (!valid_sizes(B, C, Ca, HW) || (affine && chunk < 1)) return (int)cudaErrorInvalidValue;
-  return dispatch_dtype(dtype, [&](auto tag) {
-    using T = typename decltype(tag)::type;
-    return launch_fwd<T, false>(x, h, y, ld_part, B, C, Ca, HW, affine, chunk, as_stream(stream));
-  });
-}
-
-int coupling_inv(int dtype, const void* y, const void* h, void* x, void* ld_part, int64_t B, int64_t C,
-                 int64_t Ca, int64_t HW, bool affine, int64_t chunk, uintptr_t stream) {
-  if (!valid_sizes(B, C, Ca, HW) || (affine && chunk < 1)) return (int)cudaErrorInvalidValue;
-  return dispatch_dtype(dtype, [&](auto tag) {
-    using T = typename decltype(tag)::type;
-    return launch_fwd<T, true>(y, h, x, ld_part, B, C, Ca, HW, affine, chunk, as_stream(stream));
-  });
-}
-
-int coupling_bwd(int dtype, const void* y, const void* h, const void* dy, const void* dld, void* dx, void* dh,
-                 int64_t B, int64_t C, int64_t Ca, int64_t HW, bool affine, uintptr_t stream) {
-  if (!valid_sizes(B, C, Ca, HW)) return (int)cudaErrorInvalidValue;
-  return dispatch_dtype(dtype, [&](auto tag) {
-    using T = typename decltype(tag)::type;
-    return launch_bwd<T>(y, h, dy, dld, dx, dh, B, C, Ca, HW, affine, as_stream(stream));
-  });
-}
-
 }  // namespace cuda
+
+template <>
+int affine_coupling_fwd<Device::kCUDA>(const AffineCouplingParams& p) {
+  if (!cuda::valid(p, true)) return (int)cudaErrorInvalidValue;
+  return cuda::dispatch_dtype(p.dtype, [&](auto t) { return cuda::launch_fwd<typename decltype(t)::type, false>(p); });
+}
+
+template <>
+int affine_coupling_inv<Device::kCUDA>(const AffineCouplingParams& p) {
+  if (!cuda::valid(p, true)) return (int)cudaErrorInvalidValue;
+  return cuda::dispatch_dtype(p.dtype, [&](auto t) { return cuda::launch_fwd<typename decltype(t)::type, true>(p); });
+}
+
+template <>
+int affine_coupling_bwd<Device::kCUDA>(const AffineCouplingParams& p) {
+  if (!cuda::valid(p, false)) return (int)cudaErrorInvalidValue;
+  return cuda::dispatch_dtype(p.dtype, [&](auto t) { return cuda::launch_bwd<typename decltype(t)::type>(p); });
+}
+
 }  // namespace flowkern

@@ -1,4 +1,4 @@
-// Helpers that let gcc/clang vectorise the CPU kernels portably.
+// Helpers shared by the CPU kernels: portable vectorisation, the coupling's sigmoid math, dtype dispatch.
 //
 // FK_CLONES: build a function twice, for x86-64-v3 (AVX2 + FMA) and for the baseline, and pick one at load time
 // (ifunc). A build thus runs everywhere (no -march=native, no SIGILL on older CPUs) and is fast on newer ones.
@@ -9,6 +9,8 @@
 #pragma once
 #include <cmath>
 #include <cstdint>
+
+#include "kernels.h"
 
 #if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__)
 #define FK_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
@@ -53,6 +55,29 @@ FK_INLINE float log1p_unit(float t) {
 
 FK_INLINE double exp_nonpos(double x) { return std::exp(x); }
 FK_INLINE double log1p_unit(double t) { return std::log1p(t); }
+
+// s = sigmoid(u) with 1 - s, 1 / s and log s, for the coupling's forward, inverse and backward alike. With
+// e = exp(-|u|) in (0, 1]: s = 1/(1+e) (u >= 0) or e/(1+e) (u < 0), 1 - s is the other one (no cancellation),
+// log s = min(u, 0) - log1p(e). Selects only, so `omp simd` loops vectorise; nothing overflows.
+template <typename T>
+struct SigmoidParts {
+  T s, one_minus_s, inv_s, log_s;
+};
+template <typename T>
+FK_INLINE SigmoidParts<T> sigmoid_parts(T u) {
+  const bool neg = u < T(0);
+  const T e = exp_nonpos(neg ? u : -u);
+  const T r = T(1) / (T(1) + e);
+  return {neg ? e * r : r, neg ? r : e * r, neg ? (T(1) + e) / e : T(1) + e, (neg ? u : T(0)) - log1p_unit(e)};
+}
+
+// Calls f(T{}) with the element type of `dtype`; the CPU kernels take float32 and float64 only.
+template <typename F>
+FK_INLINE int dispatch_float(int dtype, F&& f) {
+  if (dtype == kF32) return f(float{});
+  if (dtype == kF64) return f(double{});
+  return 1;
+}
 
 }  // namespace cpu
 }  // namespace flowkern

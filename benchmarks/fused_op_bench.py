@@ -1,0 +1,77 @@
+"""The harness every bench_<op>.py uses: flowkern vs the pure-torch reference (eager) and torch.compile of the
+reference, forward and forward+backward, side by side in one process."""
+import torch
+
+import flowkern
+
+# (B, C, H, W) grids: the CPU targets of the kernels, and the GPU sizes of VideoFlow-like models
+SHAPES = {
+    "smoke": [(2, 6, 5, 7)],
+    "cpu": [(16, 12, 32, 32), (4, 48, 16, 16)],
+    "cuda": [(32, 12, 32, 32), (32, 24, 32, 32), (32, 48, 16, 16), (32, 96, 16, 16), (32, 24, 64, 64)],
+}
+
+
+def shapes(device, suite):
+    return SHAPES["smoke" if suite == "smoke" else ("cuda" if device == "cuda" else "cpu")]
+
+
+def fwd(fn, inputs):
+    def run():
+        with torch.no_grad():
+            fn(*inputs)
+    return run
+
+
+def fwd_bwd(fn, inputs, grads):
+    leaves = [t for t in inputs if isinstance(t, torch.Tensor) and t.requires_grad]
+
+    def run():
+        outs = fn(*inputs)
+        torch.autograd.backward(outs if isinstance(outs, tuple) else (outs,), grads)
+        for t in leaves:
+            t.grad = None
+    return run
+
+
+def _with_backend(name, fn):
+    def run():
+        with flowkern.use_backend(name):
+            fn()
+    return run
+
+
+def run(op, case, device, timer, suite="quick", compile_baseline=True, progress=None, bandwidth=None):
+    """Yield one result row per (shape, pass) of `op`. case(shape, device, dtype) returns (inputs, reference, fused,
+    bytes moved by the forward, bytes moved by forward + backward)."""
+    for shape in shapes(device, suite):
+        inputs, ref, fused, fwd_bytes, fb_bytes = case(shape, device, torch.float32)
+        outs = ref(*inputs)
+        grads = [torch.randn_like(o) for o in (outs if isinstance(outs, tuple) else (outs,))]
+        compiled = torch.compile(ref, dynamic=False) if compile_baseline else None
+        for pass_name, wrap, nbytes in (("fwd", lambda f: fwd(f, inputs), fwd_bytes),
+                                        ("fwd+bwd", lambda f: fwd_bwd(f, inputs, grads), fb_bytes)):
+            candidates = {"eager": _with_backend("torch", wrap(ref)), "flowkern": _with_backend("auto", wrap(fused))}
+            if compiled is not None:
+                candidates["compiled"] = _with_backend("torch", wrap(compiled))
+            t = timer(candidates)
+            with flowkern.use_backend("auto"):
+                backend = flowkern.backend.resolve(inputs[0])
+            t_fk = t["flowkern"]
+            row = {"bench": "op", "op": op, "shape": "x".join(map(str, shape)), "pass": pass_name,
+                   "backend": backend, "eager_ms": 1e3 * t["eager"], "flowkern_ms": 1e3 * t_fk,
+                   "speedup_vs_eager": t["eager"] / t_fk}
+            if compiled is not None:
+                row.update(compiled_ms=1e3 * t["compiled"], speedup_vs_compiled=t["compiled"] / t_fk)
+            if device == "cuda":
+                row["flowkern_GBps"] = nbytes / t_fk / 1e9
+                if bandwidth:
+                    row["fraction_of_copy_bw"] = nbytes / t_fk / bandwidth
+            if progress is not None:
+                progress.update(1)
+            yield row
+
+
+def count(device, suite):
+    """Rows one op yields."""
+    return len(shapes(device, suite)) * 2

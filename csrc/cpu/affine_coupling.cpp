@@ -1,0 +1,147 @@
+// CPU affine_coupling: y_b = (x_b + h_t) * sigmoid(h_s + 2) with the per-sample sum of log s; inverse; backward.
+// Contract in ../kernels.h. The logdet partials use fixed chunks, so results never depend on the thread count.
+#include <omp.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "cpu/common.h"
+
+namespace flowkern {
+namespace cpu {
+namespace {
+
+// Affine forward (INVERSE = false): o = (a + ht) * s;  inverse: o = a / s - ht.  Returns sum(log s).
+template <typename T, bool INVERSE>
+FK_INLINE T affine_chunk(const T* a, const T* ht, const T* hs, T* o, int64_t n) {
+  T ld = 0;
+#pragma omp simd reduction(+ : ld)
+  for (int64_t e = 0; e < n; ++e) {
+    const SigmoidParts<T> sp = sigmoid_parts(hs[e] + T(2));
+    o[e] = INVERSE ? a[e] * sp.inv_s - ht[e] : (a[e] + ht[e]) * sp.s;
+    ld += sp.log_s;
+  }
+  return ld;
+}
+
+// Backward over n elements: dx_b = dh_t = g s, dh_s = (g y + gl)(1 - s).
+template <typename T>
+FK_INLINE void affine_bwd_chunk(const T* yb, const T* hs, const T* g, T gl, T* gx, T* ght, T* ghs, int64_t n) {
+#pragma omp simd
+  for (int64_t e = 0; e < n; ++e) {
+    const SigmoidParts<T> sp = sigmoid_parts(hs[e] + T(2));
+    gx[e] = g[e] * sp.s;
+    ght[e] = g[e] * sp.s;
+    ghs[e] = (g[e] * yb[e] + gl) * sp.one_minus_s;
+  }
+}
+
+// float instances get AVX2 clones; double (tests) stays plain
+FK_CLONES float fwd_chunk_f32(const float* a, const float* ht, const float* hs, float* o, int64_t n) {
+  return affine_chunk<float, false>(a, ht, hs, o, n);
+}
+FK_CLONES float inv_chunk_f32(const float* a, const float* ht, const float* hs, float* o, int64_t n) {
+  return affine_chunk<float, true>(a, ht, hs, o, n);
+}
+FK_CLONES void bwd_chunk_f32(const float* yb, const float* hs, const float* g, float gl, float* gx, float* ght,
+                             float* ghs, int64_t n) {
+  affine_bwd_chunk<float>(yb, hs, g, gl, gx, ght, ghs, n);
+}
+template <bool INVERSE>
+float chunk_any(const float* a, const float* ht, const float* hs, float* o, int64_t n) {
+  return INVERSE ? inv_chunk_f32(a, ht, hs, o, n) : fwd_chunk_f32(a, ht, hs, o, n);
+}
+template <bool INVERSE>
+double chunk_any(const double* a, const double* ht, const double* hs, double* o, int64_t n) {
+  return affine_chunk<double, INVERSE>(a, ht, hs, o, n);
+}
+void bwd_any(const float* yb, const float* hs, const float* g, float gl, float* gx, float* ght, float* ghs, int64_t n) {
+  bwd_chunk_f32(yb, hs, g, gl, gx, ght, ghs, n);
+}
+void bwd_any(const double* yb, const double* hs, const double* g, double gl, double* gx, double* ght, double* ghs,
+             int64_t n) {
+  affine_bwd_chunk<double>(yb, hs, g, gl, gx, ght, ghs, n);
+}
+
+// The passthrough channels [0, Ca) of each sample: out[n, :Ca] = in[n, :Ca] (the same copy in fwd, inv and bwd).
+template <typename T>
+void copy_passthrough(const T* in, T* out, const AffineCouplingParams& p) {
+  if (p.Ca == 0) return;
+  const int64_t sample = p.C * p.HW;
+#pragma omp parallel for num_threads(p.nthreads) schedule(static)
+  for (int64_t n = 0; n < p.B; ++n) std::memcpy(out + n * sample, in + n * sample, p.Ca * p.HW * sizeof(T));
+}
+
+// INVERSE = false: y_b = (x_b + h_t) * s;  true: x_b = y_b / s - h_t.  ld_part[n, k] = sum log s over chunk k.
+template <typename T, bool INVERSE>
+int fwd_or_inv(const AffineCouplingParams& p) {
+  if (p.chunk <= 0) return 2;
+  const T* in = static_cast<const T*>(INVERSE ? p.y : p.x);
+  T* out = static_cast<T*>(INVERSE ? p.x : p.y);
+  const T* h = static_cast<const T*>(p.h);
+  T* ld_part = static_cast<T*>(p.ld_part);
+  copy_passthrough(in, out, p);
+  const int64_t C = p.C, HW = p.HW, Cb = C - p.Ca, E = Cb * HW, chunk = p.chunk, nk = (E + chunk - 1) / chunk;
+  const int64_t Hc = p.affine ? 2 * Cb : Cb;
+#pragma omp parallel for num_threads(p.nthreads) schedule(static)
+  for (int64_t t = 0; t < p.B * nk; ++t) {
+    const int64_t n = t / nk, k = t % nk, e0 = k * chunk, e1 = std::min(e0 + chunk, E);
+    const T* a = in + n * C * HW + p.Ca * HW + e0;
+    T* o = out + n * C * HW + p.Ca * HW + e0;
+    const T* ht = h + n * Hc * HW + e0;
+    if (p.affine) {
+      ld_part[n * nk + k] = chunk_any<INVERSE>(a, ht, ht + E, o, e1 - e0);
+    } else {
+#pragma omp simd
+      for (int64_t e = 0; e < e1 - e0; ++e) o[e] = INVERSE ? a[e] - ht[e] : a[e] + ht[e];
+    }
+  }
+  return 0;
+}
+
+template <typename T>
+int bwd(const AffineCouplingParams& p) {
+  const T* y = static_cast<const T*>(p.y);
+  const T* h = static_cast<const T*>(p.h);
+  const T* dy = static_cast<const T*>(p.dy);
+  const T* dld = static_cast<const T*>(p.dld);
+  T* dx = static_cast<T*>(p.dx);
+  T* dh = static_cast<T*>(p.dh);
+  copy_passthrough(dy, dx, p);
+  const int64_t C = p.C, HW = p.HW, Cb = C - p.Ca, E = Cb * HW;
+  const int64_t Hc = p.affine ? 2 * Cb : Cb;
+  const int64_t blk = 4096, nblk = (E + blk - 1) / blk;
+#pragma omp parallel for num_threads(p.nthreads) schedule(static)
+  for (int64_t t = 0; t < p.B * nblk; ++t) {
+    const int64_t n = t / nblk, e0 = (t % nblk) * blk, e1 = std::min(e0 + blk, E);
+    const int64_t off = n * C * HW + p.Ca * HW + e0;
+    T* ght = dh + n * Hc * HW + e0;
+    if (p.affine) {
+      bwd_any(y + off, h + n * Hc * HW + E + e0, dy + off, dld ? dld[n] : T(0), dx + off, ght, ght + E, e1 - e0);
+    } else {
+      std::memcpy(dx + off, dy + off, (e1 - e0) * sizeof(T));
+      std::memcpy(ght, dy + off, (e1 - e0) * sizeof(T));
+    }
+  }
+  return 0;
+}
+
+}  // namespace
+}  // namespace cpu
+
+template <>
+int affine_coupling_fwd<Device::kCPU>(const AffineCouplingParams& p) {
+  return cpu::dispatch_float(p.dtype, [&](auto t) { return cpu::fwd_or_inv<decltype(t), false>(p); });
+}
+
+template <>
+int affine_coupling_inv<Device::kCPU>(const AffineCouplingParams& p) {
+  return cpu::dispatch_float(p.dtype, [&](auto t) { return cpu::fwd_or_inv<decltype(t), true>(p); });
+}
+
+template <>
+int affine_coupling_bwd<Device::kCPU>(const AffineCouplingParams& p) {
+  return cpu::dispatch_float(p.dtype, [&](auto t) { return cpu::bwd<decltype(t)>(p); });
+}
+
+}  // namespace flowkern

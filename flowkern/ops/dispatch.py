@@ -1,0 +1,118 @@
+"""How a fused op reaches its kernel: which backend runs it, which kernel that is, and which autograd path calls it.
+
+- `pick_backend(x, max_channels)`: the backend for tensor x (flowkern.backend), or the reference when "auto" chose a
+  GPU backend whose kernel cannot take x's channel count.
+- `launch(kernel, backend, **params)`: the one place that calls a kernel. `params` are the fields of the op's params
+  struct in csrc/kernels.h, by the same names: tensors (every output allocated by the caller) and sizes. The C++ and
+  CUDA kernels get them in that struct (tensors as data pointers); the Triton launchers get them as attributes of a
+  namespace (tensors as tensors).
+- `FusedOp`: a kernel-backed function with its autograd formula, called the same way in eager mode and under
+  torch.compile (its torch.library registration is in registry.py).
+"""
+import contextlib
+import importlib
+from types import SimpleNamespace
+from typing import Callable, Optional
+
+import torch
+
+from flowkern import _ext, backend as _backend
+from flowkern.ops.checks import needs_grad
+
+# The params struct of each op (csrc/kernels.h); a kernel's op is its name without the pass: channel_affine_fwd.
+_PARAMS = {"channel_affine": "ChannelAffineParams", "affine_coupling": "AffineCouplingParams"}
+
+
+def pick_backend(x: torch.Tensor, max_channels: Optional[Callable[[str], Optional[int]]] = None) -> str:
+    """The concrete backend ("torch", "cpu", "triton" or "cuda") for an op on x. max_channels(backend) gives the
+    largest channel count that backend's kernel takes (None: no limit): above it, "auto" falls back to the reference
+    and a forced backend raises."""
+    name = _backend.resolve(x)
+    limit = max_channels(name) if max_channels is not None and name != "torch" else None
+    if limit is not None and x.shape[1] > limit:
+        if _backend.get_backend() == "auto":
+            return "torch"
+        raise ValueError(f"backend {name!r} supports at most {limit} channels here, got {x.shape[1]}; "
+                         "use backend 'auto' or 'torch'")
+    return name
+
+
+def triton_kernels(op: str):
+    """flowkern.ops.triton.<op>, imported on first use: flowkern works without triton installed."""
+    return importlib.import_module(f"flowkern.ops.triton.{op}")
+
+
+def device_guard(x: torch.Tensor):
+    """Make x's GPU the current device for a launch (kernels launch on the current device and stream)."""
+    return torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext()
+
+
+def launch(kernel: str, backend: str, **params) -> None:
+    """Run `kernel` (e.g. "channel_affine_fwd") on backend "cpu", "cuda" or "triton". The first tensor in params is a
+    data tensor (x or y): it sets the dtype and the device."""
+    x = next(v for v in params.values() if isinstance(v, torch.Tensor))
+    op = kernel.rsplit("_", 1)[0]
+    with device_guard(x):
+        if backend == "triton":
+            getattr(triton_kernels(op), kernel)(SimpleNamespace(**params))
+            return
+        p = getattr(_ext._C, _PARAMS[op])()
+        p.dtype = _ext.DTYPE_CODES[x.dtype]
+        if backend == "cpu":
+            p.nthreads = torch.get_num_threads()
+        else:
+            p.stream = torch.cuda.current_stream(x.device).cuda_stream
+        for name, value in params.items():
+            setattr(p, name, value.data_ptr() if isinstance(value, torch.Tensor) else 0 if value is None else value)
+        code = getattr(getattr(_ext._C, backend), kernel)(p)
+    _ext.check(code, kernel, backend)
+
+
+class FusedOp:
+    """A kernel-backed function `impl(*args)` (it allocates its outputs and launches) with its autograd formula.
+
+    Calling it picks how it runs:
+    - under torch.compile: the torch.library op of the same name (registry.py), a single node in the graph;
+    - eager, when an input needs grad: an autograd.Function with the same impl and formula, which skips
+      custom_op's dispatch (~50 us a call with autograd on CPU, as much as the kernel at Glow-step sizes);
+    - eager without grad: impl alone.
+    The formula is `setup_context(ctx, inputs, output)` and `backward(ctx, *grads, bwd=...)`, where bwd computes the
+    backward kernel's pass: in eager mode its impl, or with create_graph=True (double backward) its `reference`, the
+    same function in differentiable torch ops; under torch.compile its registered op.
+    """
+
+    def __init__(self, impl: Callable, setup_context: Optional[Callable] = None, backward: Optional[Callable] = None,
+                 bwd: Optional["FusedOp"] = None, reference: Optional[Callable] = None):
+        self.name, self.impl, self.reference = impl.__name__, impl, reference
+        self.setup_context, self.backward, self.bwd = setup_context, backward, bwd
+        self.eager = None if backward is None else self._eager_function()
+
+    def registered(self):
+        return getattr(torch.ops.flowkern, self.name).default
+
+    def __call__(self, *args):
+        if torch.compiler.is_compiling():
+            return self.registered()(*args)
+        if self.eager is not None and needs_grad(*args):
+            return self.eager.apply(*args)
+        return self.impl(*args)
+
+    def _eager_function(self):
+        fused = self
+
+        class Function(torch.autograd.Function):
+            @staticmethod
+            def forward(ctx, *args):
+                out = fused.impl(*args)
+                fused.setup_context(ctx, args, out)
+                return out
+
+            @staticmethod
+            def backward(ctx, *grads):
+                kernel = fused.bwd
+                if kernel is not None:  # grad mode is on in backward only under create_graph=True
+                    kernel = kernel.reference if torch.is_grad_enabled() else kernel.impl
+                return fused.backward(ctx, *grads, bwd=kernel)
+
+        Function.__name__ = Function.__qualname__ = f"{self.name}_function"
+        return Function
