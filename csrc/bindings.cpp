@@ -1,8 +1,11 @@
 // flowkern._C: the params structs of kernels.h and every kernel, bound once for both devices. No torch, no logic:
-// checks live in flowkern/ops/. Pointer fields are set from Python as integers (tensor.data_ptr(), 0 for null).
+// checks live in flowkern/ops/. Pointer fields are given from Python as integers (tensor.data_ptr(), 0 for null).
+#include <pybind11/functional.h>
 #include <pybind11/pybind11.h>
 
+#include <functional>
 #include <string>
+#include <unordered_map>
 
 #include "kernels.h"
 #ifdef FLOWKERN_WITH_CUDA
@@ -14,13 +17,42 @@ using flowkern::AffineCouplingParams;
 using flowkern::ChannelAffineParams;
 using flowkern::Device;
 
-// A pointer field of a params struct, read and written from Python as an integer address.
-template <typename S, typename Ptr>
-void def_pointer(py::class_<S, flowkern::LaunchParams>& cls, const char* name, Ptr S::*field) {
-  cls.def_property(
-      name, [field](const S& s) { return reinterpret_cast<uintptr_t>(s.*field); },
-      [field](S& s, uintptr_t v) { s.*field = reinterpret_cast<Ptr>(v); });
-}
+// A params struct for Python: its fields as properties, and a constructor from keyword arguments (one call per launch:
+// `ChannelAffineParams(x=ptr, B=2, ...)`, pointers as integer addresses, 0 for null; an unknown name raises).
+template <typename S>
+class ParamsClass {
+ public:
+  ParamsClass(py::module_& m, const char* name) : cls_(m, name) {
+    cls_.def(py::init([setters = &setters_](py::kwargs kw) {
+      S s;
+      for (auto item : kw) {
+        auto it = setters->find(item.first.cast<std::string>());
+        if (it == setters->end()) throw py::key_error("no params field " + item.first.cast<std::string>());
+        it->second(s, item.second);
+      }
+      return s;
+    }));
+  }
+  template <typename Ptr>
+  ParamsClass& pointer(const char* name, Ptr S::*field) {
+    cls_.def_property(
+        name, [field](const S& s) { return reinterpret_cast<uintptr_t>(s.*field); },
+        [field](S& s, uintptr_t v) { s.*field = reinterpret_cast<Ptr>(v); });
+    setters_[name] = [field](S& s, py::handle v) { s.*field = reinterpret_cast<Ptr>(v.cast<uintptr_t>()); };
+    return *this;
+  }
+  template <typename T, typename Base>
+  ParamsClass& value(const char* name, T Base::*field) {
+    cls_.def_property(
+        name, [field](const S& s) { return s.*field; }, [field](S& s, T v) { s.*field = v; });
+    setters_[name] = [field](S& s, py::handle v) { s.*field = v.cast<T>(); };
+    return *this;
+  }
+
+ private:
+  py::class_<S> cls_;
+  std::unordered_map<std::string, std::function<void(S&, py::handle)>> setters_;
+};
 
 // Every kernel of one device, same names and signatures on cpu and cuda. The GIL is released: kernels only touch
 // memory the caller keeps alive.
@@ -39,39 +71,27 @@ PYBIND11_MODULE(_C, m) {
   m.attr("cuda_archs") = FLOWKERN_CUDA_ARCHS;
   m.attr("cuda_max_channels") = flowkern::kCudaMaxChannels;
 
-  py::class_<flowkern::LaunchParams>(m, "LaunchParams")
-      .def_readwrite("dtype", &flowkern::LaunchParams::dtype)
-      .def_readwrite("nthreads", &flowkern::LaunchParams::nthreads)
-      .def_readwrite("stream", &flowkern::LaunchParams::stream);
-
-  py::class_<ChannelAffineParams, flowkern::LaunchParams> ca(m, "ChannelAffineParams");
-  ca.def(py::init<>());
-  for (auto [name, field] : {std::pair{"x", &ChannelAffineParams::x}, {"A", &ChannelAffineParams::A},
-                             {"c", &ChannelAffineParams::c}, {"dy", &ChannelAffineParams::dy}})
-    def_pointer(ca, name, field);
-  for (auto [name, field] : {std::pair{"y", &ChannelAffineParams::y}, {"dx", &ChannelAffineParams::dx},
-                             {"dA_part", &ChannelAffineParams::dA_part}, {"dc_part", &ChannelAffineParams::dc_part}})
-    def_pointer(ca, name, field);
-  ca.def_readwrite("B", &ChannelAffineParams::B)
-      .def_readwrite("C", &ChannelAffineParams::C)
-      .def_readwrite("HW", &ChannelAffineParams::HW)
-      .def_readwrite("chunk", &ChannelAffineParams::chunk);
-
-  py::class_<AffineCouplingParams, flowkern::LaunchParams> ac(m, "AffineCouplingParams");
-  ac.def(py::init<>());
-  for (auto [name, field] : {std::pair{"h", &AffineCouplingParams::h}, {"dy", &AffineCouplingParams::dy},
-                             {"dld", &AffineCouplingParams::dld}})
-    def_pointer(ac, name, field);
-  for (auto [name, field] : {std::pair{"x", &AffineCouplingParams::x}, {"y", &AffineCouplingParams::y},
-                             {"ld_part", &AffineCouplingParams::ld_part}, {"dx", &AffineCouplingParams::dx},
-                             {"dh", &AffineCouplingParams::dh}})
-    def_pointer(ac, name, field);
-  ac.def_readwrite("B", &AffineCouplingParams::B)
-      .def_readwrite("C", &AffineCouplingParams::C)
-      .def_readwrite("Ca", &AffineCouplingParams::Ca)
-      .def_readwrite("HW", &AffineCouplingParams::HW)
-      .def_readwrite("chunk", &AffineCouplingParams::chunk)
-      .def_readwrite("affine", &AffineCouplingParams::affine);
+  // The fields of every params struct (kernels.h), by the same names. The ParamsClass objects live as long as the
+  // module: their constructors look fields up in them.
+  static ParamsClass<ChannelAffineParams> ca(m, "ChannelAffineParams");
+  ca.value("dtype", &flowkern::LaunchParams::dtype).value("nthreads", &flowkern::LaunchParams::nthreads)
+      .value("stream", &flowkern::LaunchParams::stream)
+      .pointer("x", &ChannelAffineParams::x).pointer("A", &ChannelAffineParams::A).pointer("c", &ChannelAffineParams::c)
+      .pointer("y", &ChannelAffineParams::y).pointer("dy", &ChannelAffineParams::dy)
+      .pointer("dx", &ChannelAffineParams::dx).pointer("dA_part", &ChannelAffineParams::dA_part)
+      .pointer("dc_part", &ChannelAffineParams::dc_part)
+      .value("B", &ChannelAffineParams::B).value("C", &ChannelAffineParams::C).value("HW", &ChannelAffineParams::HW)
+      .value("chunk", &ChannelAffineParams::chunk);
+  static ParamsClass<AffineCouplingParams> ac(m, "AffineCouplingParams");
+  ac.value("dtype", &flowkern::LaunchParams::dtype).value("nthreads", &flowkern::LaunchParams::nthreads)
+      .value("stream", &flowkern::LaunchParams::stream)
+      .pointer("x", &AffineCouplingParams::x).pointer("y", &AffineCouplingParams::y)
+      .pointer("h", &AffineCouplingParams::h).pointer("ld_part", &AffineCouplingParams::ld_part)
+      .pointer("dy", &AffineCouplingParams::dy).pointer("dld", &AffineCouplingParams::dld)
+      .pointer("dx", &AffineCouplingParams::dx).pointer("dh", &AffineCouplingParams::dh)
+      .value("B", &AffineCouplingParams::B).value("C", &AffineCouplingParams::C).value("Ca", &AffineCouplingParams::Ca)
+      .value("HW", &AffineCouplingParams::HW).value("chunk", &AffineCouplingParams::chunk)
+      .value("affine", &AffineCouplingParams::affine);
 
   py::module_ cpu = m.def_submodule("cpu", "OpenMP CPU kernels");
   def_kernels<Device::kCPU>(cpu);

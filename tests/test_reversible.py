@@ -129,6 +129,15 @@ def test_verify_mode_measures_drift_and_fails_loudly():
         seq(x)[0].sum().backward()
 
 
+def _autocast_loss(m, x, autocast):
+    """(y, loss) of a bf16-autocast forward (or a plain one); the flow's outputs stay fp32."""
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        y, ld = m(x)
+        loss = (y * torch.linspace(-1, 1, y.numel()).view_as(y)).sum() + ld.sum()
+    assert y.dtype == torch.float32 and ld.dtype == torch.float32
+    return y, loss
+
+
 def test_autocast_bf16_network_fp32_flow():
     """Under bf16 autocast the reversible chain must be as accurate as plain autograd under autocast, both judged
     against the fp32 result (bf16 convs may take other kernels under no_grad, so bitwise equality is not expected)."""
@@ -137,13 +146,9 @@ def test_autocast_bf16_network_fp32_flow():
     rev = level(6, 3, reversible=True, hidden=16, dtype=torch.float32)
     rev.load_state_dict(plain.state_dict())
     x = torch.randn(2, 6, 8, 8, requires_grad=True)
-    R = torch.randn(2, 6, 8, 8)
 
     def run(m, autocast):
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-            y, ld = m(x)
-            loss = (y * R).sum() + ld.sum()
-        assert y.dtype == torch.float32 and ld.dtype == torch.float32  # the flow math stays fp32
+        y, loss = _autocast_loss(m, x, autocast)
         return [y.detach()] + list(torch.autograd.grad(loss, [x] + list(m.parameters())))
 
     ref, amp_plain, amp_rev = run(plain, False), run(plain, True), run(rev, True)
@@ -200,15 +205,10 @@ def test_autocast_flow_gradients_as_accurate_as_plain(backend):
         return randomize_(seq, scale=0.0).train()
 
     x = torch.randn(2, 6, 8, 8, requires_grad=True)
-    R = torch.randn(2, 6, 8, 8)
 
     def grads(m, autocast):
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-            y, ld = m(x)
-            loss = (y * R).sum() + ld.sum()
-        names = [n for n, _ in m.named_parameters()]
-        g = torch.autograd.grad(loss, list(m.parameters()))
-        return {n: gi for n, gi in zip(names, g) if "coupling" not in n}
+        g = torch.autograd.grad(_autocast_loss(m, x, autocast)[1], list(m.parameters()))
+        return {n: gi for (n, _), gi in zip(m.named_parameters(), g) if "coupling" not in n}
 
     ref, plain, rev = grads(model(False), False), grads(model(False), True), grads(model(True), True)
     for name in ref:

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from flowkern.ops.channel_affine import (channel_affine, channel_affine_bwd, channel_affine_bwd_ref, channel_affine_fwd,
-                                         channel_affine_ref, max_channels)
+                                         channel_affine_fwd_op, channel_affine_ref, max_channels)
 from flowkern.ops.checks import acc_dtype, check_nchw, check_same_device, check_shape, needs_grad, no_autocast
 from flowkern.ops.dispatch import pick_backend
 
@@ -61,10 +61,11 @@ def actnorm_invconv(x: Tensor, s: Tensor, b: Tensor, W: Tensor,
         logdet_w = torch.linalg.slogdet(W.double())[1]
     if needs_grad(x, s, b, W, logdet_w) and not torch.compiler.is_compiling():
         return ActNormInvConvFunction.apply(x.contiguous(), s, b, W, logdet_w, backend)
-    A = W * s[None, :]  # torch.compile traces these ops and the registered channel_affine op
+    acc = acc_dtype(x.dtype)  # torch.compile traces these ops and the registered channel_affine op
     with no_autocast(x):  # the flow's algebra stays fp32 under autocast
-        c = A @ b
-    return channel_affine(x, A, c), _logdet(x, s, W, logdet_w)
+        A = (W.to(acc) * s.to(acc)[None, :]).contiguous()
+        y = channel_affine_fwd_op(x.contiguous(), A, (A @ b.to(acc)).contiguous(), backend)
+    return y, _logdet(x, s, W, logdet_w)
 
 
 class ActNormInvConvFunction(torch.autograd.Function):

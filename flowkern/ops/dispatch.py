@@ -10,6 +10,7 @@
   torch.compile (its torch.library registration is in registry.py).
 """
 import contextlib
+import functools
 import importlib
 from types import SimpleNamespace
 from typing import Callable, Optional
@@ -47,24 +48,35 @@ def device_guard(x: torch.Tensor):
     return torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext()
 
 
-def launch(kernel: str, backend: str, **params) -> None:
-    """Run `kernel` (e.g. "channel_affine_fwd") on backend "cpu", "cuda" or "triton". The first tensor in params is a
-    data tensor (x or y): it sets the dtype and the device."""
-    x = next(v for v in params.values() if isinstance(v, torch.Tensor))
+@functools.lru_cache(maxsize=None)
+def _kernel(kernel: str, backend: str):
+    """(kernel function, params struct class or None for Triton), looked up once per kernel and backend."""
     op = kernel.rsplit("_", 1)[0]
-    with device_guard(x):
-        if backend == "triton":
-            getattr(triton_kernels(op), kernel)(SimpleNamespace(**params))
-            return
-        p = getattr(_ext._C, _PARAMS[op])()
-        p.dtype = _ext.DTYPE_CODES[x.dtype]
-        if backend == "cpu":
-            p.nthreads = torch.get_num_threads()
-        else:
-            p.stream = torch.cuda.current_stream(x.device).cuda_stream
-        for name, value in params.items():
-            setattr(p, name, value.data_ptr() if isinstance(value, torch.Tensor) else 0 if value is None else value)
-        code = getattr(getattr(_ext._C, backend), kernel)(p)
+    if backend == "triton":
+        return getattr(triton_kernels(op), kernel), None
+    return getattr(getattr(_ext._C, backend), kernel), getattr(_ext._C, _PARAMS[op])
+
+
+def launch(kernel: str, backend: str, **params) -> None:
+    """Run `kernel` (e.g. "channel_affine_fwd") on backend "cpu", "cuda" or "triton". The first of params is a data
+    tensor (x or y): it sets the dtype and the device."""
+    fn, params_struct = _kernel(kernel, backend)
+    x = next(iter(params.values()))
+    if params_struct is None:  # Triton: the same fields, tensors as tensors
+        with device_guard(x):
+            fn(SimpleNamespace(**params))
+        return
+    for name, value in params.items():  # tensors as data pointers, None as null
+        if isinstance(value, torch.Tensor):
+            params[name] = value.data_ptr()
+        elif value is None:
+            params[name] = 0
+    if backend == "cpu":
+        code = fn(params_struct(dtype=_ext.DTYPE_CODES[x.dtype], nthreads=torch.get_num_threads(), **params))
+    else:
+        with device_guard(x):
+            stream = torch.cuda.current_stream(x.device).cuda_stream
+            code = fn(params_struct(dtype=_ext.DTYPE_CODES[x.dtype], stream=stream, **params))
     _ext.check(code, kernel, backend)
 
 
