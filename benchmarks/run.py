@@ -22,6 +22,7 @@ import bench_affine_coupling  # noqa: E402
 import bench_channel_affine  # noqa: E402
 import bench_memory  # noqa: E402
 import bench_models  # noqa: E402
+import bench_video_data  # noqa: E402
 import fused_op_bench  # noqa: E402
 import timing  # noqa: E402
 
@@ -61,7 +62,7 @@ def main(argv=None):
     p.add_argument("--default-malloc", action="store_true",
                    help="leave glibc malloc as it is (by default the CPU run keeps freed memory, see "
                         "flowkern.memory.keep_freed_cpu_memory)")
-    p.add_argument("--only", nargs="*", choices=["ops", "train", "depth", "clip", "large"], default=None)
+    p.add_argument("--only", nargs="*", choices=["ops", "train", "depth", "clip", "large", "data"], default=None)
     args = p.parse_args(argv)
 
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
@@ -83,7 +84,7 @@ def main(argv=None):
         env["copy_bandwidth_GBps"] = bandwidth / 1e9
     budget = args.memory_budget * 10**9 if args.memory_budget else default_budget(device)
     compile_baseline = not args.no_compile and suite != "smoke"
-    want = set(args.only or ["ops", "train", "depth", "clip", "large"])
+    want = set(args.only or ["ops", "train", "depth", "clip", "large", "data"])
     print(f"flowkern benchmarks: {env['device']} | torch {env['torch']} | triton {env['triton']} | suite {suite}",
           flush=True)
 
@@ -95,7 +96,8 @@ def main(argv=None):
 
     sections = {}
     total = (len(OP_BENCHMARKS) * fused_op_bench.count(device, suite) if "ops" in want else 0) + (
-        bench_models.count(suite) if "train" in want else 0) + len({"depth", "clip", "large"} & want)
+        bench_models.count(suite) if "train" in want else 0) + len({"depth", "clip", "large"} & want) + (
+        bench_video_data.count(suite) if "data" in want else 0)
     with tqdm(total=total, desc="benchmarks", unit="case") as bar:
         if "ops" in want:
             sections["Fused ops"] = [row for bench in OP_BENCHMARKS for row in bench.run(
@@ -118,6 +120,8 @@ def main(argv=None):
             if rows:
                 sections["Glow 64x64, batch 64, L=3, K=32, hidden 512"] = rows
             bar.update(1)
+        if "data" in want:
+            sections["Video loader (VideoFolder, mp4 clips)"] = bench_video_data.run(suite, progress=bar)
 
     unit = "peak CUDA MB of a training step" if device == "cuda" else "MB saved for backward"
     plots = []

@@ -15,7 +15,8 @@ def test_benchmark_suite_smoke(tmp_path):
     spec.loader.exec_module(run)
     out = str(tmp_path / "smoke")
     sections = run.main(["--suite", "smoke", "--out", out, "--device", "cpu"])
-    assert {"Fused ops", "Memory vs depth (one Glow level)"} <= set(sections)
+    assert {"Fused ops", "Memory vs depth (one Glow level)", "Video loader (VideoFolder, mp4 clips)"} <= set(sections)
+    assert {row["op"] for row in sections["Fused ops"]} == {"channel_affine", "actnorm_invconv", "affine_coupling"}
     with open(out + ".json") as f:
         data = json.load(f)
     assert data["environment"]["torch"] and data["sections"]["Fused ops"]
