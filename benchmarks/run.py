@@ -29,8 +29,8 @@ import timing  # noqa: E402
 OP_BENCHMARKS = [bench_channel_affine, bench_actnorm_invconv, bench_affine_coupling]
 
 OP_COLUMNS = ["op", "shape", "pass", "backend", "eager_ms", "compiled_ms", "flowkern_ms", "flowkern_reversible_ms",
-              "speedup_vs_eager", "speedup_vs_compiled", "reversible_overhead", "flowkern_GBps",
-              "fraction_of_copy_bw"]
+              "flowkern_reversible_unchunked_ms", "speedup_vs_eager", "speedup_vs_compiled", "reversible_overhead",
+              "chunking_overhead", "flowkern_GBps", "fraction_of_copy_bw"]
 
 
 def markdown_table(rows, columns=None):

@@ -48,6 +48,7 @@ class VideoFlowConfig:
     n_bits: int = 8
     reversible: bool = True
     checkpoint_prior: bool = True
+    recompute_chunk: Optional[int] = 32  # frames the reversible backward recomputes at once (None: all B*T)
 
 
 CONFIGS = {
@@ -152,7 +153,7 @@ class VideoFlow(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.glow = Glow(cfg.in_channels, cfg.levels, cfg.steps, cfg.hidden, affine=cfg.affine, learn_priors=False,
-                         reversible=cfg.reversible)
+                         reversible=cfg.reversible, recompute_chunk=cfg.recompute_chunk)
         shapes = self.glow.latent_shapes(cfg.image_size, cfg.image_size)
         self.latent_shapes = shapes
         self.priors = nn.ModuleList()

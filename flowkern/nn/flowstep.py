@@ -31,10 +31,12 @@ class FlowStep(nn.Module):
         return ops.actnorm_invconv(x, self.actnorm.scale(), self.actnorm.bias, self.invconv.weight(),
                                    logdet_w=self.invconv.logdet_per_pixel())
 
-    def _affine_inverse(self, y):
-        return ops.actnorm_invconv_inverse(y, self.actnorm.scale(), self.actnorm.bias, self.invconv.weight(),
-                                           logdet_w=self.invconv.logdet_per_pixel(),
-                                           W_inv=self.invconv.weight_inverse())
+    def _affine_inverse(self, y, s=None, W=None, logdet_w=None):
+        """Inverse of ActNorm + 1x1 conv: (x, logdet); s, W, log|det W| if already formed."""
+        an, ic = self.actnorm, self.invconv
+        return ops.actnorm_invconv_inverse(y, an.scale() if s is None else s, an.bias, ic.weight() if W is None else W,
+                                           logdet_w=ic.logdet_per_pixel() if logdet_w is None else logdet_w,
+                                           W_inv=ic.weight_inverse())
 
     def forward(self, x, context=None):
         check_input(self, x)
@@ -52,35 +54,33 @@ class FlowStep(nn.Module):
         """Backward of this step from its output alone (used by flowkern.reversible).
 
         The coupling network reads the passthrough half, which the step leaves unchanged (x'_a = y_a), so it runs
-        once here, with grad, on y_a: its h inverts the coupling, the fused tail kernel gives (dx', dh), and dh is
-        pushed through the network (to y_a, the context and its weights) and then through ActNorm + 1x1 conv.
-        Cost: one network forward + backward, as with checkpointing (a generic invert-then-recompute pays two
-        network forwards). `autocast()` re-enters the forward's autocast state around the recomputed forward ops
-        only: the gradients are taken outside it, so backward runs in the forward's dtypes (the flow's in fp32).
+        once here, with grad, on y_a: its h inverts the coupling and the affine map, giving the coupling's input x'
+        and the step's input x. The backward passes need no forward pass: the coupling's tail from y and h, the
+        affine map's from x (ops.*_backward); dh is pushed through the network (to y_a, the context and its weights),
+        and the affine map's parameter gradients through the parameter algebra (LU weight, exp). Cost: one network
+        forward + backward, as with checkpointing. `autocast()` re-enters the forward's autocast state around the
+        network's forward only: gradients are taken outside it, so backward runs in the forward's dtypes.
         Returns (x, dx, dcontext or None, {param: grad}).
         """
-        cp = self.coupling
+        cp, an, ic = self.coupling, self.actnorm, self.invconv
         ya = y[:, :cp.ca].detach().requires_grad_(True)
         c = context.detach().requires_grad_(True) if context_grad else context
-        with torch.enable_grad(), autocast():
-            h = cp._h(ya, c)
+        with torch.enable_grad():
+            s, W, logdet_w = an.scale(), ic.weight(), ic.logdet_per_pixel()  # the affine map's parameters, as formed
+            with autocast():
+                h = cp._h(ya, c)
         with torch.no_grad(), autocast():
             xc, _ = ops.affine_coupling_inverse(y, h, cp.affine)  # the coupling's input x'
-            x, _ = self._affine_inverse(xc)
-        with torch.enable_grad():
-            xc_leaf, h_leaf = xc.requires_grad_(True), h.detach().requires_grad_(True)
-            with autocast():
-                y2, ld2 = ops.affine_coupling(xc_leaf, h_leaf, cp.affine)
-            g_xc, g_h = torch.autograd.grad([y2, ld2], [xc_leaf, h_leaf], [dy, dlogdet.to(ld2.dtype)])
-            nn_params = [p for p in cp.parameters() if p.requires_grad]
-            g_nn = torch.autograd.grad(h, [ya] + ([c] if context_grad else []) + nn_params, g_h, allow_unused=True)
-            g_xc = torch.cat([g_xc[:, :cp.ca] + g_nn[0], g_xc[:, cp.ca:]], 1)
-            x_leaf = x.detach().requires_grad_(True)
-            with autocast():
-                xc2, ld1 = self._affine(x_leaf)
-            aff_params = [p for m in (self.actnorm, self.invconv) for p in m.parameters() if p.requires_grad]
-            g_aff = torch.autograd.grad([xc2, ld1], [x_leaf] + aff_params, [g_xc, dlogdet.to(ld1.dtype)],
-                                        allow_unused=True)
+            x, _ = self._affine_inverse(xc, s.detach(), W.detach(), logdet_w.detach())
+        g_xc, g_h = ops.affine_coupling_backward(y, h, dy, dlogdet, cp.affine)
+        nn_params = [p for p in cp.parameters() if p.requires_grad]
+        g_nn = torch.autograd.grad(h, [ya] + ([c] if context_grad else []) + nn_params, g_h, allow_unused=True)
+        g_xc[:, :cp.ca] += g_nn[0]  # the network read x'_a too
+        dx, ds, db, dW, dlogdet_w = ops.actnorm_invconv_backward(x, g_xc, dlogdet, s, an.bias, W)
+        aff_params = [p for m in (an, ic) for p in m.parameters() if p.requires_grad]
+        outs = [(t, g) for t, g in ((s, ds), (an.bias, db), (W, dW), (logdet_w, dlogdet_w)) if t.requires_grad]
+        g_aff = torch.autograd.grad([t for t, _ in outs], aff_params, [g.to(t.dtype) for t, g in outs],
+                                    allow_unused=True)
         grads = dict(zip(nn_params, g_nn[2 if context_grad else 1:]))
-        grads.update(zip(aff_params, g_aff[1:]))
-        return x_leaf.detach(), g_aff[0], (g_nn[1] if context_grad else None), grads
+        grads.update(zip(aff_params, g_aff))
+        return x, dx, (g_nn[1] if context_grad else None), grads

@@ -7,6 +7,7 @@ from flowkern.nn._checks import check_input
 from flowkern.nn.flowstep import FlowStep
 from flowkern.nn.sequence import FlowSequence
 from flowkern.nn.split import Split, TopPrior, standard_normal_logp
+from flowkern.reversible import DEFAULT_RECOMPUTE_CHUNK
 from flowkern.nn.squeeze import squeeze2d, unsqueeze2d
 
 
@@ -17,13 +18,15 @@ class Glow(nn.Module):
     learned Gaussian prior p(z2 | z1 [, context]); the top latent gets a learned prior too. Latents are returned
     standardised (Split), so `encode` and `decode` are exact inverses and `log_prob` = sum log N(eps) + logdet.
 
-    reversible=True trains each level's steps with memory-saving reversible backprop (flowkern.reversible).
+    reversible=True trains each level's steps with memory-saving reversible backprop (flowkern.reversible), whose
+    backward recomputes `recompute_chunk` samples at a time (None: the whole batch).
     context: optional (B, context_channels, H, W) tensor at the input resolution; each level squeezes it along
     with x, so level l's couplings and priors see context_channels * 4^(l+1) channels at their resolution.
     """
 
     def __init__(self, in_channels: int, levels: int, steps: int, hidden: int = 512, affine: bool = True,
-                 lu: bool = True, context_channels: int = 0, learn_priors: bool = True, reversible: bool = False):
+                 lu: bool = True, context_channels: int = 0, learn_priors: bool = True, reversible: bool = False,
+                 recompute_chunk: Optional[int] = DEFAULT_RECOMPUTE_CHUNK):
         super().__init__()
         if levels < 1 or steps < 1:
             raise ValueError(f"Glow needs levels >= 1 and steps >= 1, got levels={levels}, steps={steps}")
@@ -34,7 +37,7 @@ class Glow(nn.Module):
         for level in range(levels):
             c, ctx = c * 4, ctx * 4
             self.flows.append(FlowSequence((FlowStep(c, hidden, ctx, affine, lu) for _ in range(steps)),
-                                           reversible=reversible))
+                                           reversible=reversible, recompute_chunk=recompute_chunk))
             if level < levels - 1:
                 self.splits.append(Split(c, ctx, learn_priors))
                 c = c // 2

@@ -1,9 +1,9 @@
-from typing import Iterable, List
+from typing import Iterable, List, Optional
 
 import torch
 from torch import nn
 
-from flowkern.reversible import Verify, needs_plain_forward, reversible_forward
+from flowkern.reversible import DEFAULT_RECOMPUTE_CHUNK, Verify, needs_plain_forward, reversible_forward
 
 
 class FlowSequence(nn.Module):
@@ -13,15 +13,21 @@ class FlowSequence(nn.Module):
     reversible=True trains with memory-saving reversible backprop (flowkern.reversible): only the chain's output
     and context are kept for backward, whatever the depth. verify=True additionally measures how far inverting each
     step drifts from its true input (see `last_drift`) and raises ReconstructionError past verify_tol.
+    recompute_chunk: samples the reversible backward recomputes at once (None: the whole batch), which bounds its
+    transient memory whatever the batch (e.g. the B*T frames of a clip).
     """
 
     def __init__(self, steps: Iterable[nn.Module], reversible: bool = False, verify: bool = False,
-                 verify_tol: float = 1e-3):
+                 verify_tol: float = 1e-3, recompute_chunk: Optional[int] = DEFAULT_RECOMPUTE_CHUNK):
         super().__init__()
         self.steps = nn.ModuleList(steps)
         self.reversible = reversible
         self.verify = verify
         self.verify_tol = verify_tol
+        if recompute_chunk is not None and recompute_chunk < 1:
+            raise ValueError(f"FlowSequence: recompute_chunk must be a positive number of samples or None, got "
+                             f"{recompute_chunk}")
+        self.recompute_chunk = recompute_chunk
         self._last_verify = None
 
     def __len__(self):
@@ -36,7 +42,7 @@ class FlowSequence(nn.Module):
     def forward(self, x, context=None):
         if self._use_reversible(x, context):
             self._last_verify = Verify(self.verify_tol) if self.verify else None
-            return reversible_forward(list(self.steps), x, context, self._last_verify)
+            return reversible_forward(list(self.steps), x, context, self._last_verify, self.recompute_chunk)
         logdet = 0
         for step in self.steps:
             x, ld = step(x, context)
@@ -63,5 +69,6 @@ class ReversibleSequence(FlowSequence):
     >>> y, logdet = seq(x, context)   # activation memory independent of the number of steps
     """
 
-    def __init__(self, steps: Iterable[nn.Module], verify: bool = False, verify_tol: float = 1e-3):
-        super().__init__(steps, reversible=True, verify=verify, verify_tol=verify_tol)
+    def __init__(self, steps: Iterable[nn.Module], verify: bool = False, verify_tol: float = 1e-3,
+                 recompute_chunk: Optional[int] = DEFAULT_RECOMPUTE_CHUNK):
+        super().__init__(steps, reversible=True, verify=verify, verify_tol=verify_tol, recompute_chunk=recompute_chunk)

@@ -6,7 +6,8 @@ It has no kernel of its own: it runs channel_affine (ops/channel_affine.py) with
 step's linear part is one read and one write of x. Inverse: x = A^-1 y - b.
 
     actnorm_invconv_ref       the unfused pure-torch reference
-    actnorm_invconv           the public op (forward), actnorm_invconv_inverse its inverse
+    actnorm_invconv           the public op (forward), actnorm_invconv_inverse its inverse,
+                              actnorm_invconv_backward its backward from the input (for reversible backprop)
     ActNormInvConvFunction    eager training path: kernel, algebra and gradients in one autograd node
 """
 from typing import Optional, Tuple
@@ -90,33 +91,43 @@ class ActNormInvConvFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dy, dld):
         x, s, b, W, A = ctx.saved_tensors
-        need = ctx.needs_input_grad
-        dx = ds = db = dW = dldw = None
-        acc = A.dtype
-        s, b, W = s.to(acc), b.to(acc), W.to(acc)
         # grad mode is on here only under create_graph=True (double backward): then A is rebuilt from the inputs and
         # the kernel's backward replaced by its torch twin, so autograd can differentiate this backward again
         differentiable = torch.is_grad_enabled()
-        bwd = channel_affine_bwd_ref if differentiable else channel_affine_bwd
-        with no_autocast(x):
-            if differentiable:
-                A = W * s[None, :]
-            if dy is not None:
-                dx, dA, dc = bwd(x, dy.contiguous(), A, ctx.backend)
-                dA = torch.addr(dA, dc, b)  # c = A b adds dc b^T
-            else:
-                dA, dc = A.new_zeros(A.shape), A.new_zeros(A.shape[0])
-            # d loss / d (log-determinant per pixel)
-            g = (x.shape[2] * x.shape[3]) * (dld.sum().to(A.dtype) if dld is not None else A.new_zeros(()))
-            if need[1]:
-                ds = ((dA * W).sum(0) + g / s).to(ctx.dtypes[0])  # A = W diag(s); logdet has log|s|
-            if need[2]:
-                db = (A.t() @ dc).to(ctx.dtypes[1])
-            if need[3]:
-                dW = (dA * s[None, :]).to(ctx.dtypes[2])
-            if need[4]:
-                dldw = g.to(ctx.dtypes[3])
-        return (dx if need[0] else None), ds, db, dW, dldw, None
+        grads = _backward(x, dy, dld, s, b, W, None if differentiable else A, ctx.backend, differentiable)
+        return grads[:1] + tuple(g.to(dt) if g is not None else None for g, dt in zip(grads[1:], ctx.dtypes)) + (None,)
+
+
+def _backward(x, dy, dld, s, b, W, A, backend, differentiable=False):
+    """(dx, ds, db, dW, dlogdet_w) of y = W diag(s) (x + b) and logdet = H*W*(sum log|s| + log|det W|) from x, the
+    gradients dy and dld (either may be None), in closed form around the channel_affine backward. A = W diag(s) if
+    already formed. differentiable: torch ops only, so that autograd can differentiate the result again."""
+    acc = acc_dtype(x.dtype)
+    s, b, W = s.to(acc), b.to(acc), W.to(acc)
+    with no_autocast(x):
+        if A is None:
+            A = W * s[None, :]
+        if dy is not None:
+            bwd = channel_affine_bwd_ref if differentiable or backend == "torch" else channel_affine_bwd
+            dx, dA, dc = bwd(x, dy.contiguous(), A, backend)
+            dA = torch.addr(dA, dc, b)  # c = A b adds dc b^T
+        else:
+            dx, dA, dc = None, A.new_zeros(A.shape), A.new_zeros(A.shape[0])
+        g = (x.shape[2] * x.shape[3]) * (dld.sum().to(acc) if dld is not None else A.new_zeros(()))  # per pixel
+        ds = (dA * W).sum(0) + g / s  # A = W diag(s); the logdet has log|s|
+        db = A.t() @ dc
+        dW = dA * s[None, :]
+    return dx, ds, db, dW, g
+
+
+def actnorm_invconv_backward(x: Tensor, dy: Tensor, dlogdet: Optional[Tensor], s: Tensor, b: Tensor,
+                             W: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """The backward of actnorm_invconv from its input x, without running its forward: (dx, ds, db, dW, dlogdet_w)
+    for upstream gradients dy of y and dlogdet (B,) of the logdet. Reversible backprop rebuilds x by inversion and
+    needs only this. Not differentiable again."""
+    _check("actnorm_invconv_backward", x, s, b, W)
+    backend = pick_backend(x, max_channels)
+    return _backward(x.contiguous(), dy, dlogdet, s.detach(), b.detach(), W.detach(), None, backend)
 
 
 def actnorm_invconv_inverse(y: Tensor, s: Tensor, b: Tensor, W: Tensor, logdet_w: Optional[Tensor] = None,

@@ -12,6 +12,7 @@ without atomics (bitwise reproducible), and the backward folds the logdet's grad
     affine_coupling_fwd / _inv / _bwd                    kernel passes (registered as flowkern::affine_coupling_*)
     affine_coupling_bwd_ref                              the backward in torch ops, for double backward
     affine_coupling / affine_coupling_inverse            the public ops: checks, backend choice, autograd
+    affine_coupling_backward                             the backward from the output (for reversible backprop)
 Kernels: csrc/cpu/affine_coupling.cpp, csrc/cuda/affine_coupling.cu, flowkern/ops/triton/affine_coupling.py.
 """
 from typing import Optional, Tuple
@@ -99,7 +100,7 @@ def affine_coupling_bwd_ref(y: Tensor, h: Tensor, dy: Tensor, dld: Tensor, affin
     """affine_coupling_bwd in differentiable torch ops (for double backward)."""
     dya, dyb, _, u = _split(dy, h, affine)
     if u is None:
-        return dy, dyb
+        return dy.clone(), dyb  # dx is the caller's to modify
     s = torch.sigmoid(u)
     g = dyb * s
     dhs = (dyb * y[:, y.shape[1] // 2:] + dld.view(-1, 1, 1, 1).to(s.dtype)) * (1.0 - s)
@@ -170,6 +171,23 @@ def affine_coupling(x: Tensor, h: Tensor, affine: bool = True) -> Tuple[Tensor, 
     """Fused coupling forward. x (B, C, H, W); h (B, 2*(C - C//2) or C - C//2, H, W) from the coupling network
     applied to x[:, :C//2]. Returns (y, logdet (B,)); h is cast to x's dtype."""
     return _run("affine_coupling", affine_coupling_fwd_op, affine_coupling_ref, x, h, affine)
+
+
+def affine_coupling_backward(y: Tensor, h: Tensor, dy: Tensor, dlogdet: Tensor,
+                             affine: bool = True) -> Tuple[Tensor, Tensor]:
+    """The backward of affine_coupling from its output y, without running its forward: (dx, dh) for upstream
+    gradients dy of y and dlogdet (B,) of the logdet (dh in h's dtype). Reversible backprop has y, not x, and needs
+    only this. Not differentiable again."""
+    _check("affine_coupling_backward", y, h, affine)
+    hy = h.detach().to(y.dtype)
+    dld = dlogdet.detach().to(acc_dtype(y.dtype))
+    backend = pick_backend(y)
+    if backend == "torch":
+        dx, dh = affine_coupling_bwd_ref(y.detach(), hy, dy, dld, affine)
+    else:
+        dx, dh = affine_coupling_bwd(y.contiguous(), hy.contiguous(), dy.contiguous(), dld.contiguous(), affine,
+                                     backend)
+    return dx, dh.to(h.dtype)
 
 
 def affine_coupling_inverse(y: Tensor, h: Tensor, affine: bool = True) -> Tuple[Tensor, Tensor]:
