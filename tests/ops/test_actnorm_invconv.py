@@ -71,3 +71,22 @@ def test_actnorm_invconv_given_logdet_and_partial_outputs(backend, device, dtype
             assert a is None or not a.abs().max(), name
         else:
             check_close(a, r, dtype, name)
+
+
+@pytest.mark.parametrize("backend,device,dtype", list(op_cases()))
+def test_actnorm_invconv_backward_from_the_input(backend, device, dtype):
+    """ops.actnorm_invconv_backward gives the reference's gradients (x, s, b, W, log|det W|) without a forward."""
+    B, C, H, W = 2, 5, 3, 4
+    pdt = torch.float64 if dtype == torch.float64 else torch.float32
+    x64 = rand(B, C, H, W, dtype=torch.float64, device=device, requires_grad=True)
+    s64 = (torch.rand(C, dtype=torch.float64, device=device) + 0.5).requires_grad_(True)
+    b64 = rand(C, dtype=torch.float64, device=device, requires_grad=True)
+    W64 = rand(C, C, dtype=torch.float64, device=device, requires_grad=True)
+    ldw64 = torch.tensor(0.3, dtype=torch.float64, device=device, requires_grad=True)
+    dy, dld = rand(B, C, H, W, dtype=torch.float64, device=device), rand(B, dtype=torch.float64, device=device)
+    y, ld = ops.actnorm_invconv_ref(x64, s64, b64, W64, ldw64)
+    want = torch.autograd.grad([y, ld], [x64, s64, b64, W64, ldw64], [dy, dld])
+    got = run_with(backend, lambda: ops.actnorm_invconv_backward(x64.detach().to(dtype), dy.to(dtype), dld,
+                                                                 *(t.detach().to(pdt) for t in (s64, b64, W64))))
+    for name, a, r in zip(["dx", "ds", "db", "dW", "dlogdet_w"], got, want):
+        check_close(a, r, dtype, name)

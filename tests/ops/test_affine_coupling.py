@@ -55,3 +55,22 @@ def test_coupling_extreme_scales_stay_finite(backend, device):
     y_ref, ld_ref = ops.affine_coupling_ref(x.double(), h.double())
     assert torch.isfinite(y).all() and torch.isfinite(ld).all()
     assert rel_err(ld.double().cpu(), ld_ref.cpu()) < 1e-6
+
+
+@pytest.mark.parametrize("backend,device,dtype", list(op_cases()))
+@pytest.mark.parametrize("affine", [True, False], ids=["affine", "additive"])
+def test_affine_coupling_backward_from_the_output(backend, device, dtype, affine):
+    """ops.affine_coupling_backward(y, h, dy, dlogdet) gives the reference's input gradients without x."""
+    B, C, H, W = 2, 5, 3, 4
+    cb = C - C // 2
+    x64 = rand(B, C, H, W, dtype=torch.float64, device=device, requires_grad=True)
+    h64 = rand(B, 2 * cb if affine else cb, H, W, dtype=torch.float64, device=device, requires_grad=True)
+    dy, dld = rand(B, C, H, W, dtype=torch.float64, device=device), rand(B, dtype=torch.float64, device=device)
+    y64, ld64 = ops.affine_coupling_ref(x64, h64, affine)
+    outs = [(y64, dy)] + ([(ld64, dld)] if affine else [])  # the additive logdet is a constant 0
+    dx_ref, dh_ref = torch.autograd.grad([o for o, _ in outs], [x64, h64], [g for _, g in outs])
+    y, h = y64.detach().to(dtype), h64.detach().to(dtype)
+    dx, dh = run_with(backend, lambda: ops.affine_coupling_backward(y, h, dy.to(dtype), dld, affine))
+    assert dx.dtype == dh.dtype == dtype
+    check_close(dx, dx_ref, dtype, "dx")
+    check_close(dh, dh_ref, dtype, "dh")
