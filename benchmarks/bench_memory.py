@@ -1,22 +1,29 @@
-"""Memory benchmarks: activation memory vs flow depth, vs clip length, and the large-image Glow workload.
+"""Memory benchmarks: training-step memory vs flow depth, vs clip length, and the large-image Glow workloads.
 
-Memory is what autograd holds for backward: peak CUDA memory of a training step on GPU; on CPU the bytes of saved
-tensors (flowkern.memory.saved_tensor_bytes, each storage once, parameters excluded), which is device-independent.
+Memory as a user feels it: the real peak of one training step, every tensor alive in forward and backward (inputs,
+parameters, gradients, saved activations and backward transients). On CUDA torch.cuda.max_memory_allocated; on CPU
+flowkern.memory.PeakMemory, a dispatch-mode tracker of every storage. Models too large for this machine are measured
+with the same tracker on the meta device (shapes only, no compute): an estimate, labelled so, checked against a real
+measurement at a size that runs. Bytes saved for backward (a lower bound) are shown beside where they explain why.
 Baselines: plain autograd, torch.utils.checkpoint over each flow step (what a user would try), flowkern reversible.
 """
+import dataclasses
+
 import torch
 import torch.utils.checkpoint as ckpt
 from torch import nn
 
 import flowkern
 from flowkern import FlowSequence, FlowStep, Glow
-from flowkern.memory import cuda_peak_bytes, saved_tensor_bytes
+from flowkern.memory import MemoryPlan, cuda_peak_bytes, peak_memory, saved_tensor_bytes
+
+MiB, GB = 2**20, 1e9
 
 
 class CheckpointedSequence(nn.Module):
     """The standard alternative: torch.utils.checkpoint around every step (stores each step's input).
     The reentrant form saves its inputs through save_for_backward, so saved_tensor_bytes sees what it keeps (the
-    non-reentrant form keeps them through hooks of its own, which would read as zero here)."""
+    non-reentrant form keeps them through hooks of its own, which would read as zero there)."""
 
     def __init__(self, steps):
         super().__init__()
@@ -30,141 +37,161 @@ class CheckpointedSequence(nn.Module):
         return x, logdet
 
 
-def _measure(model, x, device, context=None):
-    """Bytes held for backward (CPU) or peak bytes of forward+backward (CUDA) for one training step."""
-    x = x.detach().requires_grad_(True)  # as inside a model; reentrant checkpoint needs it too
-
+def step_peak(model, loss_fn, x):
+    """Peak bytes of one training step, loss_fn().backward(), with the model's parameters and x alive throughout:
+    CUDA's allocator peak on a GPU, else PeakMemory (CPU or meta device)."""
     def step():
-        y, ld = model(x, context) if context is not None else model(x)
-        if isinstance(y, (list, tuple)):
-            y = torch.cat([t.flatten(1) for t in y], 1)
-        loss = (0.5 * (y * y).flatten(1).sum(1) - ld).mean()
-        return loss
+        loss_fn().backward()
+    if x.is_cuda:
+        return cuda_peak_bytes(step) + sum(p.numel() * p.element_size() for p in model.parameters())
+    return peak_memory(step, model, x).peak_bytes
 
-    if device == "cuda":
-        return cuda_peak_bytes(lambda: step().backward())
-    return saved_tensor_bytes(step)
+
+def _initialised(model):
+    for mod in model.modules():  # ActNorm's init batch is not what is measured
+        if isinstance(mod, flowkern.ActNorm2d):
+            mod.mark_initialized()
+    return model
+
+
+def _flow_loss(model, x):
+    def loss():
+        y, ld = model(x)
+        return (0.5 * (y * y).flatten(1).sum(1) - ld).mean()
+    return loss
 
 
 def memory_vs_depth(device, suite):
-    """A Glow level (C=12 at 32x32, hidden 512 as in VideoFlow/BAIR) with K steps."""
+    """One Glow level (C=12 at 32x32, hidden 512 as in VideoFlow/BAIR) with K steps: real peak and saved bytes."""
     Ks = {"smoke": [2, 4], "quick": [4, 8, 16, 32, 64], "full": [4, 8, 16, 32, 64]}[suite]
     B, hidden = ({"smoke": (1, 16), "quick": (1, 512), "full": (16, 512)})[suite]
     S = 8 if suite == "smoke" else 32
-    x = torch.randn(B, 12, S, S, device=device)
+    x = torch.randn(B, 12, S, S, device=device).requires_grad_(True)  # as inside a model
     rows = []
     for K in Ks:
         torch.manual_seed(0)
-        steps = [FlowStep(12, hidden) for _ in range(K)]
-        plain = FlowSequence(steps).to(device)
-        with torch.no_grad():
-            plain(x)  # init ActNorm (plain mode)
-        res = {"plain": _measure(plain, x, device),
-               "checkpoint": _measure(CheckpointedSequence(plain.steps), x, device)}
-        plain.reversible = True
-        res["reversible"] = _measure(plain, x, device)
-        rows.append({"bench": "memory_vs_depth", "K": K, "shape": f"{B}x12x{S}x{S} hidden {hidden}",
-                     **{f"{k}_MB": v / 2**20 for k, v in res.items()}})
-        del plain, steps
+        plain = _initialised(FlowSequence([FlowStep(12, hidden) for _ in range(K)]).to(device))
+        row = {"bench": "memory_vs_depth", "K": K, "shape": f"{B}x12x{S}x{S} hidden {hidden}"}
+        for name, model in (("plain", plain), ("checkpoint", CheckpointedSequence(plain.steps)),
+                            ("reversible", plain)):
+            plain.reversible = name == "reversible"
+            row[f"{name}_peak_MB"] = step_peak(model, _flow_loss(model, x), x) / MiB
+            row[f"{name}_saved_MB"] = saved_tensor_bytes(_flow_loss(model, x)) / MiB
+            for p in model.parameters():
+                p.grad = None
+        rows.append(row)
+        del plain
     return rows
 
 
-def _videoflow(cfg_name, memory_saving, device):
-    import dataclasses
-
-    from flowkern.models import VIDEOFLOW_CONFIGS, VideoFlow
-    cfg = dataclasses.replace(VIDEOFLOW_CONFIGS[cfg_name], reversible=memory_saving, checkpoint_prior=memory_saving)
-    with torch.device(device):
-        m = VideoFlow(cfg)
-    for mod in m.modules():  # ActNorm counts as initialised (its init batch is not what is measured)
-        if isinstance(mod, flowkern.ActNorm2d):
-            mod.mark_initialized()
-    return m, cfg
-
-
-def memory_vs_clip_length(device, suite, budget_bytes):
-    """VideoFlow (`bair` config; `tiny` for smoke) training-step memory vs clip length T at batch 8: plain autograd
-    vs flowkern (reversible flow + checkpointed prior), in GB (1e9 bytes).
-    GPU: peak CUDA memory of forward + backward. CPU: bytes saved for backward, measured on the meta device (shapes
-    only, no compute: the bair model is far too slow for a CPU), and for flowkern also its backward transient (one
-    frame's prior and one flow step recomputed for all B*T frames), so flowkern_peak_est = saved + transient. Plain
-    autograd's own transients are not added (its numbers are a lower bound). The longest T within `budget_bytes`
-    comes from a linear fit in T of the peak (GPU) or of saved (+ transient) bytes (CPU)."""
-    cfg_name, B, Ts = ("tiny", 1, [3, 4]) if suite == "smoke" else ("bair", 8, [4, 8, 13, 26])
-    meas_dev = "cuda" if device == "cuda" else "meta"
-    GB = 1e9
+def glow_vs_depth(device, suite):
+    """A whole 3-level Glow at a reduced size where activations, not parameters, dominate (128x128x3, batch 48,
+    hidden 16): real peak of a training step vs steps per level K, plain autograd vs reversible. The parameters and
+    their gradients (params_MB each) grow with K whatever the method."""
+    Ks, B, S, hidden = ([1, 2], 2, 8, 8) if suite == "smoke" else ([4, 16, 64], 48, 128, 16)
+    x = (torch.rand(B, 3, S, S, device=device) - 0.5).requires_grad_(True)
     rows = []
-    prior_transient = None
-    for T in Ts:
-        row = {"bench": "memory_vs_clip_length", "T": T, "shape": f"{B}x{T}x3x64x64 VideoFlow {cfg_name}"}
+    for K in Ks:
+        row = {"bench": "glow_vs_depth", "K": K, "shape": f"{B}x3x{S}x{S} L=3 hidden {hidden}"}
+        for name in ("plain", "reversible"):
+            torch.manual_seed(0)
+            glow = _initialised(Glow(3, levels=3, steps=K, hidden=hidden, reversible=name == "reversible").to(device))
+            row[f"{name}_peak_MB"] = step_peak(glow, lambda: -glow.log_prob(x).mean(), x) / MiB
+            row["params_MB"] = sum(p.numel() * p.element_size() for p in glow.parameters()) / MiB
+            del glow
+        rows.append(row)
+    for row in rows:
+        row["reversible_vs_smallest_K"] = row["reversible_peak_MB"] / rows[0]["reversible_peak_MB"]
+    return rows
+
+
+def _videoflow_cfg(name, memory_saving, **overrides):
+    from flowkern.models import VIDEOFLOW_CONFIGS
+    return dataclasses.replace(VIDEOFLOW_CONFIGS[name], reversible=memory_saving, checkpoint_prior=memory_saving,
+                               **overrides)
+
+
+def videoflow_per_frame(device, suite):
+    """VideoFlow (2 levels, 32x32, batch 2, hidden 64, the `shapes` prior) with K = 4 and 12 steps per level: the real
+    peak of a training step vs clip length T, and the memory each extra frame adds, in latent sizes (one frame's
+    latents for the batch: 2 x 3 x 32 x 32 floats), plain autograd vs flowkern (reversible flow, chunked recompute,
+    checkpointed prior)."""
+    from flowkern.models.videoflow import training_step_peak
+    Ks, Ts, size = ([1], [4, 8], 16) if suite == "smoke" else ([4, 12], [8, 16, 32, 64], 32)
+    latent = 2 * 3 * size * size * 4
+    rows = []
+    for K in Ks:
         for mode, saving in (("plain", False), ("flowkern", True)):
-            m, cfg = _videoflow(cfg_name, saving, meas_dev)
-            size = cfg.image_size
+            cfg = _videoflow_cfg("shapes", saving, image_size=size, levels=2, steps=K, hidden=64)
+            peaks = [training_step_peak(cfg, 2, T, device).peak_bytes for T in Ts]
+            row = {"bench": "videoflow_per_frame", "K": K, "mode": mode,
+                   **{f"T={T}_MiB": p / MiB for T, p in zip(Ts, peaks)},
+                   "per_frame_latents": (peaks[-1] - peaks[-2]) / (Ts[-1] - Ts[-2]) / latent}
+            rows.append(row)
+    return rows
+
+
+def videoflow_bair_estimate(device, suite, budget_bytes):
+    """VideoFlow `bair` (the paper's model) at 64x64: the training step's peak vs clip length T at batch 8, and at the
+    paper's batch 40 on full 13-frame clips, plain autograd vs flowkern; the longest clip within the budget at batch 8
+    and the largest batch on 13-frame clips (a MemoryPlan fitted to three measured steps). On a GPU measured; else
+    estimated on the meta device, whose peak equals the real one at a size that runs (the `check` row)."""
+    from flowkern.models.videoflow import memory_plan, training_step_peak
+    meas = "cuda" if device == "cuda" else "meta"
+    label = "measured (CUDA)" if meas == "cuda" else "estimate (meta device)"
+    if suite == "smoke":
+        cfg_name, shapes = "tiny", [(1, 3), (1, 4)]
+    else:
+        cfg_name, shapes = "bair", [(8, 4), (8, 8), (8, 13), (8, 26), (40, 13)]
+    rows = []
+    for B, T in shapes:
+        row = {"bench": "videoflow_bair", "batch": B, "T": T, "measure": label}
+        for mode, saving in (("plain", False), ("flowkern", True)):
             try:
-                if meas_dev == "cuda":
-                    v = torch.rand(B, T, 3, size, size, device="cuda") - 0.5
-                    row[f"{mode}_GB"] = cuda_peak_bytes(lambda: (-m.log_prob_frames(v).mean()).backward()) / GB
-                else:
-                    v = torch.empty(B, T, 3, size, size, device="meta")
-                    row[f"{mode}_GB"] = saved_tensor_bytes(lambda: m.log_prob_frames(v).sum()) / GB
+                row[f"{mode}_GB"] = training_step_peak(_videoflow_cfg(cfg_name, saving), B, T, meas).peak_bytes / GB
             except torch.cuda.OutOfMemoryError:
                 row[f"{mode}_GB"] = None  # does not fit
-            if meas_dev == "meta" and saving:
-                if prior_transient is None:
-                    n = cfg.context
-                    z = [torch.empty((B, n) + sh, device="meta") for sh in m.latent_shapes]
-                    hs = [torch.empty((B, m.glow.splits[i].c1) + m.latent_shapes[i][1:], device="meta")
-                          for i in range(cfg.levels - 1)]
-                    prior_transient = max(saved_tensor_bytes(
-                        lambda i=i: m.priors[i](z[i], hs[i] if i < len(hs) else None)[0].sum())
-                        for i in range(cfg.levels))
-                x = torch.empty(B * T, 4 * cfg.in_channels, size // 2, size // 2, device="meta", requires_grad=True)
-                step = saved_tensor_bytes(lambda: m.glow.flows[0].steps[0](x)[0].sum())
-                row["flowkern_peak_est_GB"] = row["flowkern_GB"] + (prior_transient + step) / GB
-            m = None  # free the model before the next one
-            if meas_dev == "cuda":
+            if meas == "cuda":
                 torch.cuda.empty_cache()
         rows.append(row)
-    budget = budget_bytes / GB
-    for mode, key in (("plain", "plain_GB"), ("flowkern", "flowkern_peak_est_GB" if meas_dev == "meta"
-                                               else "flowkern_GB")):
-        pts = [(r["T"], r[key]) for r in rows if r.get(key) is not None]
-        if len(pts) >= 2:
-            (t0, m0), (t1, m1) = pts[0], pts[-1]
-            slope = (m1 - m0) / (t1 - t0)
-            rows[-1][f"{mode}_longest_T"] = int((budget - (m0 - slope * t0)) // slope) if slope > 0 else None
-    rows[-1]["budget_GB"] = budget
-    return rows
+    plan_rows = []
+    for mode, saving in (("plain", False), ("flowkern", True)):
+        plan = memory_plan(_videoflow_cfg(cfg_name, saving), meas, batch=2,  # past the prior's first frames
+                           frames=(4, 8) if suite == "smoke" else (64, 128))
+        plan_rows.append({"bench": "videoflow_bair_plan", "mode": mode, "measure": label,
+                          "fixed_GB": plan.fixed / GB, "per_clip_GB": plan.per_clip / GB,
+                          "per_frame_MB": plan.per_frame / 1e6, "budget_GB": budget_bytes / GB,
+                          "longest_clip_at_batch_8": plan.longest_clip(budget_bytes, 8),
+                          "largest_batch_at_13_frames": plan.largest_batch(budget_bytes, 13)})
+    # the meta-device estimate against a real measurement where one runs here
+    small = _videoflow_cfg("shapes", True, image_size=32, levels=2, steps=4, hidden=64)
+    real, est = (training_step_peak(small, 2, 16, d).peak_bytes for d in (device, "meta"))
+    check = {"bench": "videoflow_estimate_check", "model": "shapes prior, 2 levels, K=4, hidden 64, 32x32",
+             "batch": 2, "T": 16, f"{device}_MiB": real / MiB, "meta_MiB": est / MiB, "meta_over_real": est / real}
+    return rows, plan_rows, [check]
 
 
 def glow_memory(levels, steps, hidden, batch, size, device):
-    """(plain, reversible) training-step memory in GB of a Glow on size x size x 3 images. GPU: peak CUDA memory of
-    forward + backward (None if it does not fit). CPU: bytes saved for backward on the meta device (shapes only)."""
-    meas_dev = "cuda" if device == "cuda" else "meta"
+    """(plain, reversible) peak GB of a training step of a Glow on size x size x 3 images: measured on a GPU (None if
+    it does not fit), else estimated on the meta device."""
+    meas = "cuda" if device == "cuda" else "meta"
     out = []
     for reversible in (False, True):
-        with torch.device(meas_dev):
-            glow = Glow(3, levels=levels, steps=steps, hidden=hidden, reversible=reversible)
-        for mod in glow.modules():  # the init batch is not what is measured
-            if isinstance(mod, flowkern.ActNorm2d):
-                mod.mark_initialized()
+        with torch.device(meas):
+            glow = _initialised(Glow(3, levels=levels, steps=steps, hidden=hidden, reversible=reversible))
+            x = torch.rand(batch, 3, size, size) - 0.5
         try:
-            if meas_dev == "cuda":
-                x = torch.rand(batch, 3, size, size, device="cuda") - 0.5
-                out.append(cuda_peak_bytes(lambda: (-glow.log_prob(x).mean()).backward()) / 1e9)
-            else:
-                x = torch.empty(batch, 3, size, size, device="meta")
-                out.append(saved_tensor_bytes(lambda: glow.log_prob(x).sum()) / 1e9)
+            out.append(step_peak(glow, lambda: -glow.log_prob(x).mean(), x) / GB)
         except torch.cuda.OutOfMemoryError:
             out.append(None)
         glow = None
-        if meas_dev == "cuda":
+        if meas == "cuda":
             torch.cuda.empty_cache()
     return out
 
 
 def _metric(device):
-    return "peak CUDA GB (fwd+bwd)" if device == "cuda" else "GB saved for backward (meta device)"
+    return "peak GB, measured (CUDA)" if device == "cuda" else "peak GB, estimate (meta device)"
 
 
 def large_image(device, suite):
@@ -189,19 +216,20 @@ def glow_batch64(device, suite):
              "plain_GB": plain, "reversible_GB": rev}]
 
 
-def plot(rows, path, key, ylabel, title):
+def plot(rows, path, key, columns, ylabel, title):
+    """Log-scale curves of `columns` against `key`; ylabel names the measure and its unit."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    xs = [r[key] for r in rows]
     fig, ax = plt.subplots(figsize=(5, 3.4))
-    for col in [c for c in rows[0] if c.endswith("_MB") or c.endswith("_GB")]:
-        ax.plot(xs, [r[col] for r in rows], marker="o", label=col.rsplit("_", 1)[0])
+    for col in columns:
+        pts = [(r[key], r[col]) for r in rows if r.get(col) is not None]
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=col)
     ax.set_xlabel(key)
     ax.set_ylabel(ylabel)
     ax.set_yscale("log")  # plain autograd, checkpointing and reversible differ by orders of magnitude
     ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

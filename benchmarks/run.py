@@ -27,6 +27,13 @@ import fused_op_bench  # noqa: E402
 import timing  # noqa: E402
 
 OP_BENCHMARKS = [bench_channel_affine, bench_actnorm_invconv, bench_affine_coupling]
+DEPTH = "Memory vs depth (one Glow level)"
+GLOW_DEPTH = "Memory vs depth (3-level Glow, reduced size)"
+PER_FRAME = "VideoFlow memory per extra frame (real peak, small model)"
+BAIR = "VideoFlow bair: memory vs clip length"
+PLAN = "VideoFlow bair: memory plan (fitted to three measured steps)"
+CHECK = "Meta-device estimate vs real measurement"
+LARGE = "Large-image Glow (256x256, batch 8, hidden 256)"
 
 OP_COLUMNS = ["op", "shape", "pass", "backend", "eager_ms", "compiled_ms", "flowkern_ms", "flowkern_reversible_ms",
               "flowkern_reversible_unchunked_ms", "speedup_vs_eager", "speedup_vs_compiled", "reversible_overhead",
@@ -106,16 +113,18 @@ def main(argv=None):
             sections["Training step (FlowStep / Glow level, VideoFlow-BAIR sizes)"] = list(
                 bench_models.run(device, timer, suite, compile_baseline, bar))
         if "depth" in want:
-            sections["Memory vs depth (one Glow level)"] = bench_memory.memory_vs_depth(device, suite)
+            sections[DEPTH] = bench_memory.memory_vs_depth(device, suite)
+            sections[GLOW_DEPTH] = bench_memory.glow_vs_depth(device, suite)
             bar.update(1)
         if "clip" in want:
-            sections["Memory vs clip length (VideoFlow)"] = bench_memory.memory_vs_clip_length(
+            sections[PER_FRAME] = bench_memory.videoflow_per_frame(device, suite)
+            sections[BAIR], sections[PLAN], sections[CHECK] = bench_memory.videoflow_bair_estimate(
                 device, suite, budget)
             bar.update(1)
         if "large" in want:
             rows = bench_memory.large_image(device, suite)
             if rows:
-                sections["Large-image Glow (256x256, batch 8, hidden 256)"] = rows
+                sections[LARGE] = rows
             rows = bench_memory.glow_batch64(device, suite)
             if rows:
                 sections["Glow 64x64, batch 64, L=3, K=32, hidden 512"] = rows
@@ -123,16 +132,23 @@ def main(argv=None):
         if "data" in want:
             sections["Video loader (VideoFolder, mp4 clips)"] = bench_video_data.run(suite, progress=bar)
 
-    unit = "peak CUDA MB of a training step" if device == "cuda" else "MB saved for backward"
     plots = []
-    for title, key, fname in (("Memory vs depth (one Glow level)", "K", "depth"),
-                              ("Memory vs clip length (VideoFlow)", "T", "clip"),
-                              ("Large-image Glow (256x256, batch 8, hidden 256)", "K", "large")):
-        if title in sections and sections[title]:
+    for title, key, columns, ylabel, fname, rows_of in (
+            (DEPTH, "K", ["plain_peak_MB", "checkpoint_peak_MB", "reversible_peak_MB"], "peak MiB of a training step",
+             "depth", None),
+            (BAIR, "T", ["plain_GB", "flowkern_GB"], "peak GB of a training step" + (
+                "" if device == "cuda" else " (estimate, meta device)"), "clip", lambda r: r["batch"] == 8),
+            (LARGE, "K", ["plain_GB", "reversible_GB"], "peak GB of a training step" + (
+                "" if device == "cuda" else " (estimate, meta device)"), "large", None)):
+        rows = [r for r in sections.get(title, []) if rows_of is None or rows_of(r)]
+        if rows:
             path = f"{out}-{fname}.png"
-            bench_memory.plot(sections[title], path, key, unit if fname != "large" else "GB", f"{title} ({device})")
+            bench_memory.plot(rows, path, key, columns, ylabel, f"{title} ({device})")
             plots.append(os.path.basename(path))
-
+    unit = ("real peak of a training step: every tensor alive in forward and backward (" +
+            ("torch.cuda.max_memory_allocated" if device == "cuda" else "flowkern.memory.PeakMemory") +
+            "); rows marked 'estimate (meta device)' run the same tracker on shapes alone; *_saved_MB: bytes saved for "
+            "backward, a lower bound")
     text = [f"# flowkern benchmarks: {env['device']}", "",
             f"torch {env['torch']}, triton {env['triton']}, CUDA {env['cuda']}, commit {env['git_commit']}, "
             f"{env['date']}, suite `{suite}`, {env['cpu_threads']} CPU threads. Times are medians of interleaved "

@@ -1,5 +1,7 @@
-"""Memory measurement: bytes saved for backward (any device), CUDA peak bytes, and the CPU allocator setting."""
+"""Memory measurement: the real peak of a training step on any device (PeakMemory), bytes saved for backward, CUDA peak
+bytes, a planner that fits a budget (MemoryPlan), and the CPU allocator setting."""
 import weakref
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -160,3 +162,42 @@ def peak_memory(fn: Callable, *tracked) -> PeakMemory:
     with PeakMemory(*tracked) as mem:
         fn()
     return mem
+
+
+@dataclass
+class MemoryPlan:
+    """Peak bytes of a video model's training step as fixed + per_clip * batch + per_frame * batch * frames, fitted
+    from three measured steps: what fits a budget at other batch sizes and clip lengths.
+
+        plan = MemoryPlan.fit(lambda b, t: peak_memory(step(b, t), model).peak_bytes, batch=2, frames=(8, 16))
+        plan.longest_clip(80e9, batch=8), plan.largest_batch(80e9, frames=13)
+    """
+
+    fixed: float  # parameters, gradients, whatever does not grow with the data
+    per_clip: float  # per clip whatever its length (e.g. a per-frame recomputed transient over the batch)
+    per_frame: float  # per frame of every clip (inputs, latents, their gradients, ...)
+
+    @classmethod
+    def fit(cls, measure: Callable[[int, int], float], batch: int = 2, frames=(8, 16)) -> "MemoryPlan":
+        """measure(batch, frames) -> peak bytes, called at (batch, t0), (batch, t1) and (2 * batch, t0)."""
+        t0, t1 = frames
+        p00, p01, p10 = measure(batch, t0), measure(batch, t1), measure(2 * batch, t0)
+        per_frame = max(0.0, (p01 - p00) / (batch * (t1 - t0)))
+        per_clip = max(0.0, (p10 - p00) / batch - per_frame * t0)
+        return cls(fixed=p00 - batch * (per_clip + per_frame * t0), per_clip=per_clip, per_frame=per_frame)
+
+    def peak(self, batch: int, frames: int) -> float:
+        return self.fixed + batch * (self.per_clip + self.per_frame * frames)
+
+    def longest_clip(self, budget: float, batch: int) -> int:
+        """The most frames per clip whose step fits `budget` bytes at `batch` clips (0 if none)."""
+        room = budget - self.fixed - batch * self.per_clip
+        if room < 0:
+            return 0
+        return int(room // (batch * self.per_frame)) if self.per_frame > 0 else 2**31 - 1
+
+    def largest_batch(self, budget: float, frames: int) -> int:
+        """The most clips of `frames` frames whose step fits `budget` bytes (0 if none)."""
+        room = budget - self.fixed
+        per = self.per_clip + self.per_frame * frames
+        return max(0, int(room // per)) if per > 0 else 2**31 - 1

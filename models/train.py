@@ -214,18 +214,44 @@ def model_from_checkpoint(state, path):
 
 
 FLAG_OF_FIELD = {"levels": "--levels", "steps": "--flow-steps", "hidden": "--hidden", "context": "--context",
-                 "n_bits": "--n-bits", "image_size": "--image-size"}
+                 "n_bits": "--n-bits", "image_size": "--image-size", "recompute_chunk": "--recompute-chunk"}
 
 
 def resolve_config(args) -> VideoFlowConfig:
     """The model config: --config with the command line's overrides."""
     overrides = {"levels": args.levels, "steps": args.flow_steps, "hidden": args.hidden, "context": args.context,
-                 "n_bits": args.n_bits, "image_size": args.image_size}
+                 "n_bits": args.n_bits, "image_size": args.image_size, "recompute_chunk": args.recompute_chunk}
     cfg = dataclasses.replace(CONFIGS[args.config], **{k: v for k, v in overrides.items() if v is not None})
     if cfg.image_size % 2 ** cfg.levels:  # each level halves the frame
         raise UsageError(f"--image-size: expected a multiple of {2 ** cfg.levels} (2 ** levels, levels "
                          f"{cfg.levels}), got {cfg.image_size}")
     return cfg
+
+
+def fit_to_memory(args, cfg):
+    """--memory-budget with --fit: set --frames or --batch-size from a memory plan of the model (meta device)."""
+    if (args.fit is None) != (args.memory_budget is None):
+        raise UsageError("--fit and --memory-budget go together: --memory-budget GB --fit frames|batch")
+    if args.fit is None:
+        return
+    from flowkern.models.videoflow import memory_plan
+    plan = memory_plan(cfg, "meta", batch=2, frames=(64, 128))  # long clips: the peak is convex in the length
+    budget = args.memory_budget * 1e9
+    if args.fit == "frames":
+        frames = plan.longest_clip(budget, args.batch_size)
+        if frames < 2:
+            raise UsageError(f"--memory-budget {args.memory_budget:g}: not even 2-frame clips fit at --batch-size "
+                             f"{args.batch_size} (about {plan.peak(args.batch_size, 2) / 1e9:.3g} GB)")
+        args.frames = frames
+    else:
+        batch = plan.largest_batch(budget, args.frames)
+        if batch < 1:
+            raise UsageError(f"--memory-budget {args.memory_budget:g}: not even one {args.frames}-frame clip fits "
+                             f"(about {plan.peak(1, args.frames) / 1e9:.3g} GB)")
+        args.batch_size = batch
+    print(f"memory plan: {plan.fixed / 1e9:.3g} GB + {plan.per_clip / 1e6:.3g} MB per clip + "
+          f"{plan.per_frame / 1e6:.3g} MB per frame -> --batch-size {args.batch_size} --frames {args.frames} "
+          f"(about {plan.peak(args.batch_size, args.frames) / 1e9:.3g} GB of {args.memory_budget:g})", flush=True)
 
 
 def _config_differences(saved, cfg, saved_args, args):
@@ -283,6 +309,7 @@ def write_samples(model, dataset, args, cfg, device, tag):
 
 
 # ---------------------------------------------------------------------------------------------- training
+INIT_FRAMES = 8  # frames per clip of the batch ActNorm initialises from
 LOG_HEADER = ["step", "train_bpp", "lr", "grad_norm", "skipped", "eval_bpp", "seconds"]
 RUN_FILES = ("checkpoint.pt", "metrics.csv")  # an --out holding one of these holds a run
 RUN_FOLDERS = ("samples", "tb")
@@ -294,6 +321,7 @@ def prepare(args):
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         raise UsageError(f"--out: {args.out} exists and is not a directory")
     cfg = resolve_config(args)
+    fit_to_memory(args, cfg)
     ckpt_path = os.path.join(args.out, "checkpoint.pt")
     existing = [f for f in RUN_FILES if os.path.exists(os.path.join(args.out, f))]
     if existing and not (args.resume or args.overwrite):
@@ -393,6 +421,12 @@ def train(args):
         from torch.utils.tensorboard import SummaryWriter
         tb = SummaryWriter(os.path.join(args.out, "tb"))
 
+    if resume is None:
+        # ActNorm's data-dependent init, on the first batch's first frames without grad: a chain whose init is
+        # pending trains with plain autograd, so a long clip's first step would need plain autograd's memory.
+        init = dequantize(batch_at(train_set, sampler, 0, args.batch_size), cfg.n_bits, args.seed, 0, rank, device)
+        with torch.no_grad():
+            model(init[:, :INIT_FRAMES])
     good = _snapshot(model, opt)
     skipped, skipped_here = metrics.get("skipped", 0), 0
     t0 = time.time() - metrics.get("seconds", 0.0)  # the seconds column counts training time across resumes
@@ -405,9 +439,12 @@ def train(args):
             group["lr"] = lr
         video = dequantize(batch_at(train_set, sampler, step, args.batch_size), cfg.n_bits, args.seed, step, rank,
                            device)
-        loss = -ddp(video).mean() / D  # nats per dimension; DDP's hooks run on forward (= log_prob_frames)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        with _measured(args.measure_memory and step == start and rank == 0, model, video, args) as mem:
+            loss = -ddp(video).mean() / D  # nats per dimension; DDP's hooks run on forward (= log_prob_frames)
+            loss.backward()
+        if mem is not None:
+            _write_memory_report(os.path.join(args.out, "memory.json"), mem, video, done)
         gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
         finite = torch.isfinite(loss.detach()) & torch.isfinite(gnorm)
         if world > 1:  # every rank must take the same decision
@@ -453,6 +490,37 @@ def train(args):
                              f"the gradient norm was never finite): nothing was learned. The checkpoint, log and "
                              f"samples are in {args.out}; try a lower --lr or --clip, and check the data")
     return model, metrics
+
+
+@contextlib.contextmanager
+def _measured(enabled, model, video, args):
+    """Yields a PeakMemory tracking the step when enabled (on CUDA, the allocator's peak is recorded too)."""
+    if not enabled:
+        yield None
+        return
+    from flowkern.memory import PeakMemory
+    if video.is_cuda:
+        torch.cuda.reset_peak_memory_stats(video.device)
+    with PeakMemory(model, video) as mem:
+        yield mem
+    mem.cuda_peak = torch.cuda.max_memory_allocated(video.device) if video.is_cuda else None
+
+
+def _write_memory_report(path, mem, video, step):
+    import json
+    MiB = 2**20
+    report = {"step": step, "batch": video.shape[0], "frames": video.shape[1],
+              "measure": "flowkern.memory.PeakMemory: every tensor storage alive in forward and backward",
+              "peak_MiB": mem.peak_bytes / MiB, "at_peak_MiB": {k: v / MiB for k, v in mem.breakdown().items()}}
+    if mem.cuda_peak is not None:
+        report["cuda_max_memory_allocated_MiB"] = mem.cuda_peak / MiB
+
+    def write(tmp):
+        with open(tmp, "w") as f:
+            json.dump(report, f, indent=1)
+    atomic_write(path, write)
+    print(f"memory: real peak of training step {step}: {report['peak_MiB']:.1f} MiB "
+          f"({', '.join(f'{k} {v:.1f}' for k, v in report['at_peak_MiB'].items())}) -> {path}", flush=True)
 
 
 def _snapshot(model, opt):
@@ -557,6 +625,17 @@ def parser():
     v.add_argument("--n-bits", type=n_bits_int, default=None, help="override the config's value")
     v.add_argument("--image-size", type=positive_int, default=None,
                    help="override the config's value (a multiple of 2 ** levels)")
+    v.add_argument("--recompute-chunk", type=positive_int, default=None,
+                   help="override the config's value: frames the reversible backward recomputes at once")
+    v.add_argument("--memory-budget", type=positive_float, default=None,
+                   help="GB one training step may use per process; with --fit, the clip length or batch size is "
+                        "picked to fit, from a memory plan of the model measured on the meta device")
+    v.add_argument("--fit", choices=["frames", "batch"], default=None,
+                   help="what --memory-budget picks: the longest clip at --batch-size, or the largest batch of "
+                        "--frames-frame clips")
+    v.add_argument("--measure-memory", action="store_true",
+                   help="measure the real peak memory of the first training step (every tensor alive) and write it "
+                        "to OUT/memory.json")
     return p
 
 

@@ -25,6 +25,7 @@ from torch import nn
 
 import flowkern
 from flowkern import Glow
+from flowkern.memory import MemoryPlan, peak_memory
 from flowkern.nn import ZeroConv2d
 
 LOG_2PI = 1.8378770664093453
@@ -290,3 +291,21 @@ class VideoFlow(nn.Module):
         d = asdict(self.cfg)
         d["dilations"] = list(d["dilations"])
         return d
+
+
+def training_step_peak(cfg: VideoFlowConfig, batch: int, frames: int, device="meta"):
+    """The real peak memory (flowkern.memory.PeakMemory: every storage alive) of one training step, forward and
+    backward of the mean NLL, of a fresh VideoFlow(cfg) on `batch` clips of `frames` frames. On the meta device it
+    runs on shapes alone: an estimate of the GPU's peak (no allocator rounding, no library workspaces)."""
+    with torch.device(device):
+        model = VideoFlow(cfg)
+        video = torch.rand(batch, frames, cfg.in_channels, cfg.image_size, cfg.image_size) - 0.5
+    for m in model.modules():  # the data-dependent init is not part of a training step
+        if isinstance(m, flowkern.ActNorm2d):
+            m.mark_initialized()
+    return peak_memory(lambda: (-model.log_prob_frames(video).mean()).backward(), model, video)
+
+
+def memory_plan(cfg: VideoFlowConfig, device="meta", batch: int = 2, frames=(64, 128)) -> MemoryPlan:
+    """A MemoryPlan of VideoFlow(cfg)'s training step from three measured steps (see training_step_peak)."""
+    return MemoryPlan.fit(lambda b, t: training_step_peak(cfg, b, t, device).peak_bytes, batch, frames)

@@ -25,6 +25,10 @@ def test_benchmark_suite_smoke(tmp_path):
     for row in data["sections"]["Fused ops"]:
         assert row["eager_ms"] > 0 and row["flowkern_ms"] > 0 and row["backend"] == "cpu"
     depth = data["sections"]["Memory vs depth (one Glow level)"]
-    assert depth[-1]["reversible_MB"] == pytest.approx(depth[0]["reversible_MB"])  # flat in depth
-    assert depth[-1]["plain_MB"] > depth[0]["plain_MB"]
+    assert depth[-1]["reversible_saved_MB"] == pytest.approx(depth[0]["reversible_saved_MB"])  # flat in depth
+    assert depth[-1]["plain_peak_MB"] > depth[0]["plain_peak_MB"]
+    check = data["sections"]["Meta-device estimate vs real measurement"][0]
+    assert check["meta_over_real"] == pytest.approx(1.0, rel=0.05)
+    assert all(r["per_frame_latents"] > 0 for r in data["sections"][
+        "VideoFlow memory per extra frame (real peak, small model)"])
     assert os.path.exists(out + ".md") and os.path.exists(out + "-depth.png")

@@ -37,3 +37,16 @@ def test_meta_device_is_measured_from_shapes():
         w = torch.empty(1000, 1000, device="meta", requires_grad=True)
         (w * 2).sum().backward()
     assert peak_memory(region).peak_bytes >= 2 * 1000 * 1000 * 4
+
+
+def test_memory_plan_recovers_a_linear_cost_and_fits_budgets():
+    from flowkern.memory import MemoryPlan
+    cost = lambda b, t: 1000 + b * (50 + 7 * t)  # noqa: E731
+    plan = MemoryPlan.fit(cost, batch=2, frames=(4, 9))
+    assert (plan.fixed, plan.per_clip, plan.per_frame) == (1000, 50, 7)
+    assert plan.peak(3, 10) == cost(3, 10)
+    T = plan.longest_clip(5000, batch=4)
+    assert cost(4, T) <= 5000 < cost(4, T + 1)
+    B = plan.largest_batch(5000, frames=13)
+    assert cost(B, 13) <= 5000 < cost(B + 1, 13)
+    assert plan.longest_clip(900, batch=1) == 0 and plan.largest_batch(900, frames=1) == 0

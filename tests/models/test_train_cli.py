@@ -1,5 +1,7 @@
 """The training command: logs, atomic weights-only checkpoints, exact resumption, the NaN guard, samples, DDP."""
 import csv
+import dataclasses
+import json
 import os
 import socket
 import subprocess
@@ -13,6 +15,7 @@ import _workers
 
 from flowkern.models import sample as sample_cli
 from flowkern.models import train as train_cli
+from flowkern.models.videoflow import training_step_peak
 
 ARGS = ["videoflow", "--config", "tiny", "--batch-size", "2", "--frames", "3", "--eval-every", "2",
         "--ckpt-every", "2", "--eval-clips", "4", "--train-videos", "64", "--eval-videos", "8", "--warmup", "2",
@@ -35,6 +38,23 @@ def test_training_writes_logs_checkpoint_and_samples(tmp_path):
     assert not [f for f in os.listdir(tmp_path) if ".tmp" in f]  # the atomic write left no temporary file
     sample_cli.main(["--checkpoint", str(tmp_path / "checkpoint.pt"), "--out", str(tmp_path / "s"), "--num", "2"])
     assert "sample-0.gif" in os.listdir(tmp_path / "s")
+
+
+def test_memory_budget_picks_the_clip_length_and_the_first_step_already_saves_memory(tmp_path):
+    """--memory-budget --fit frames picks the longest clip the plan fits; ActNorm initialises on a short no-grad batch,
+    so the first step (measured with --measure-memory) runs with the memory-saving paths: its real peak is within
+    the budget, where plain autograd's would be several times it."""
+    budget_gb = 0.02
+    train_cli.main(ARGS + ["--out", str(tmp_path), "--steps", "1", "--memory-budget", str(budget_gb), "--fit",
+                           "frames", "--measure-memory", "--eval-every", "0", "--sample-every", "0"])
+    report = json.load(open(tmp_path / "memory.json"))
+    frames = report["frames"]
+    assert frames > 40  # far more than the tiny model's batch would allow with plain autograd
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    assert state["args"]["frames"] == frames
+    assert report["peak_MiB"] * 2**20 <= 1.1 * budget_gb * 1e9
+    plain = dataclasses.replace(train_cli.config_from(state["config"]), reversible=False, checkpoint_prior=False)
+    assert training_step_peak(plain, 2, frames, "meta").peak_bytes > 3 * budget_gb * 1e9
 
 
 def test_resume_reproduces_an_uninterrupted_run(tmp_path):
