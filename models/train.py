@@ -483,6 +483,7 @@ def train(args):
     if log:
         log.close()
     if distributed:
+        del ddp  # its reducer holds the process group: release it before tearing the group down
         dist.barrier()
         dist.destroy_process_group()
     if skipped_here == args.steps - start:
