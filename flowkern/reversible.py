@@ -11,8 +11,8 @@ Rules:
 - A data-dependent init (ActNorm) needs the real forward: while any module in the chain says `needs_init()`, the
   chain runs with plain autograd (so the first training batch costs normal memory), then reversibly.
 - Under torch.no_grad() (inference) there is no reversible machinery at all.
-- Backward walks the chain for `chunk` samples at a time (the steps act on each sample alone, as every flowkern
-  layer does once ActNorm is initialised), so its transient does not grow with the batch; gradients are the same up
+- Forward and backward walk the chain for `chunk` samples at a time (the steps act on each sample alone, as every
+  flowkern layer does once ActNorm is initialised), so their transients do not grow with the batch; gradients are the same up
   to float reassociation of the parameter sums. One gradient copy per parameter, accumulated in place.
 - Autocast state is recorded in forward and restored around the recomputed forward ops only; gradients are taken
   outside it, so backward runs in the forward's dtypes (the flow's algebra in fp32), as in plain autograd.
@@ -28,8 +28,8 @@ import torch
 from torch import nn
 
 
-# Samples recomputed at once in backward: bounds the backward's transient (a coupling network's activations and their
-# gradients) to this many samples, whatever the batch, e.g. the B*T frames of a clip, at a few percent of time.
+# Samples the reversible forward and backward process at once: bounds their transients (a coupling network's
+# activations, and their gradients in backward) to this many samples whatever the batch, e.g. the B*T frames of a clip.
 DEFAULT_RECOMPUTE_CHUNK = 32
 
 
