@@ -15,7 +15,7 @@ from torch import nn
 
 import flowkern
 from flowkern import FlowSequence, FlowStep, Glow
-from flowkern.memory import MemoryPlan, cuda_peak_bytes, peak_memory, saved_tensor_bytes
+from flowkern.memory import cuda_peak_bytes, peak_memory, saved_tensor_bytes
 
 MiB, GB = 2**20, 1e9
 
@@ -98,7 +98,7 @@ def glow_vs_depth(device, suite):
             glow = _initialised(Glow(3, levels=3, steps=K, hidden=hidden, reversible=name == "reversible").to(device))
             row[f"{name}_peak_MB"] = step_peak(glow, lambda: -glow.log_prob(x).mean(), x) / MiB
             row["params_MB"] = sum(p.numel() * p.element_size() for p in glow.parameters()) / MiB
-            del glow
+            glow = None  # free it before the next model
         rows.append(row)
     for row in rows:
         row["reversible_vs_smallest_K"] = row["reversible_peak_MB"] / rows[0]["reversible_peak_MB"]

@@ -3,7 +3,6 @@ import pytest
 import torch
 from _helpers import OP_SHAPES, check_close, grads, kernel_backends, op_cases, rand, rel_err, run_with
 
-import flowkern
 from flowkern import ops
 
 
