@@ -70,6 +70,7 @@ PYBIND11_MODULE(_C, m) {
   m.doc() = "flowkern native kernels (CPU always; CUDA when built with nvcc)";
   m.attr("cuda_archs") = FLOWKERN_CUDA_ARCHS;
   m.attr("cuda_max_channels") = flowkern::kCudaMaxChannels;
+  m.attr("cuda_bwd_parts") = flowkern::kCudaBwdParts;
 
   // The fields of every params struct (kernels.h), by the same names. The ParamsClass objects live as long as the
   // module: their constructors look fields up in them.
@@ -78,10 +79,11 @@ PYBIND11_MODULE(_C, m) {
       .value("stream", &flowkern::LaunchParams::stream)
       .pointer("x", &ChannelAffineParams::x).pointer("A", &ChannelAffineParams::A).pointer("c", &ChannelAffineParams::c)
       .pointer("y", &ChannelAffineParams::y).pointer("dy", &ChannelAffineParams::dy)
-      .pointer("dx", &ChannelAffineParams::dx).pointer("dA_part", &ChannelAffineParams::dA_part)
+      .pointer("dx", &ChannelAffineParams::dx).pointer("dA", &ChannelAffineParams::dA)
+      .pointer("dc", &ChannelAffineParams::dc).pointer("dA_part", &ChannelAffineParams::dA_part)
       .pointer("dc_part", &ChannelAffineParams::dc_part)
       .value("B", &ChannelAffineParams::B).value("C", &ChannelAffineParams::C).value("HW", &ChannelAffineParams::HW)
-      .value("chunk", &ChannelAffineParams::chunk);
+      .value("chunk", &ChannelAffineParams::chunk).value("parts", &ChannelAffineParams::parts);
   static ParamsClass<AffineCouplingParams> ac(m, "AffineCouplingParams");
   ac.value("dtype", &flowkern::LaunchParams::dtype).value("nthreads", &flowkern::LaunchParams::nthreads)
       .value("stream", &flowkern::LaunchParams::stream)

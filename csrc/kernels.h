@@ -6,7 +6,8 @@
 // Tensors are NCHW-contiguous; HW = H*W; sizes are int64. Data tensors (x, y, h, dy, dx, dh) have `dtype`.
 // Matrices, biases, partial sums and dld are float64 when dtype is float64 and float32 otherwise (half types
 // accumulate in float32). Reductions go through fixed per-chunk partials (chunks a function of the shape only) that
-// the caller sums: no atomics, bitwise-reproducible results, independent of thread count and timing.
+// the kernel then sums in a fixed order: no atomics, bitwise-reproducible results, independent of thread count,
+// timing and GPU model.
 #pragma once
 #include <cstdint>
 
@@ -25,8 +26,12 @@ struct LaunchParams {
 // channel_affine: ActNorm folded into the invertible 1x1 conv, A = W diag(s), c = A b (inverse: A^-1, -b).
 //   fwd: y[n,i,p]  = c[i] + sum_j A[i,j] x[n,j,p]            (c may be null: no bias)
 //   bwd: dx[n,j,p] = sum_i A[i,j] dy[n,i,p]
-//        dA_part[k,i,j] = sum_{p in chunk k} dy[n,i,p] x[n,j,p],  dc_part[k,i] = sum_{p in chunk k} dy[n,i,p]
-//        chunk k = (n, q): sample n, pixels [q*chunk, min((q+1)*chunk, HW)); k = n*nq + q, nq = ceil(HW/chunk).
+//        dA[i,j] += sum_{n,p} dy[n,i,p] x[n,j,p],  dc[i] += sum_{n,p} dy[n,i,p]   (accumulated: the caller zeroes
+//        them, and a batch split into several launches adds up)
+//        Two stages, each in a fixed order: partial sums over pixel ranges, then their sum in index order.
+//        CPU: chunk k = (n, q), sample n, pixels [q*chunk, min((q+1)*chunk, HW)), partials in its own memory.
+//        GPU: `parts` partial rows in the caller's scratch dA_part/dc_part; CUDA block g owns the pixel tiles
+//        g, g + parts, ...; Triton row k = chunk (n, q) as on the CPU (parts = B * nq).
 struct ChannelAffineParams : LaunchParams {
   const void* x = nullptr;   // (B, C, HW)
   const void* A = nullptr;   // (C, C)
@@ -34,10 +39,13 @@ struct ChannelAffineParams : LaunchParams {
   void* y = nullptr;         // (B, C, HW) out                            fwd
   const void* dy = nullptr;  // (B, C, HW)                                bwd
   void* dx = nullptr;        // (B, C, HW) out                            bwd
-  void* dA_part = nullptr;   // (B*nq, C, C) out                          bwd
-  void* dc_part = nullptr;   // (B*nq, C) out                             bwd
+  void* dA = nullptr;        // (C, C) accumulated                        bwd
+  void* dc = nullptr;        // (C,) accumulated                          bwd
+  void* dA_part = nullptr;   // (parts, C, C) scratch, GPU                bwd
+  void* dc_part = nullptr;   // (parts, C) scratch, GPU                   bwd
   int64_t B = 0, C = 0, HW = 0;
-  int64_t chunk = 0;         // pixels per partial                        bwd
+  int64_t chunk = 0;         // pixels per partial (CPU, Triton)          bwd
+  int64_t parts = 0;         // partial rows in the scratch (GPU)         bwd
 };
 
 // affine_coupling: the Glow coupling's elementwise tail. Ca = passthrough channels, Cb = C - Ca transformed.
@@ -72,7 +80,13 @@ template <Device D> int affine_coupling_fwd(const AffineCouplingParams& p);
 template <Device D> int affine_coupling_inv(const AffineCouplingParams& p);
 template <Device D> int affine_coupling_bwd(const AffineCouplingParams& p);
 
-// Largest C the CUDA channel_affine kernels take (the C x C matrix is staged in shared memory).
-constexpr int64_t kCudaMaxChannels = 128;
+// Largest C the CUDA channel_affine kernels take. Above 32 channels FMA-only kernels cannot keep up with memory in
+// fp32 (C = 96 would need more than the H100's FMA peak at copy bandwidth): larger C runs on the Triton kernel,
+// which uses tensor cores at fp32 accuracy (tf32x3).
+constexpr int64_t kCudaMaxChannels = 32;
+
+// Partial rows of the CUDA channel_affine backward: a fixed constant (about 4 blocks per SM on an H100), so the
+// reduction order, and hence the result bit for bit, is the same on every GPU.
+constexpr int64_t kCudaBwdParts = 512;
 
 }  // namespace flowkern

@@ -107,10 +107,9 @@ def resolve(x: torch.Tensor) -> str:
         if x.dtype not in _GPU_DTYPES:
             raise TypeError(f"backend 'triton' supports float32/float64/float16/bfloat16, got {x.dtype}")
         return "triton"
-    # want == "cuda"
-    st = _ext.cuda_status()
-    if not st["built"]:
-        raise RuntimeError(f"backend 'cuda' unavailable: {st['reason']}")
+    # want == "cuda": no device query per op (cuda_status() asks the driver); only a refusal explains itself
+    if not _ext.cuda_built():
+        raise RuntimeError(f"backend 'cuda' unavailable: {_ext.cuda_status()['reason']}")
     if dev != "cuda":
         raise ValueError(f"backend 'cuda' got a tensor on {x.device}; move it to a CUDA device")
     if x.dtype not in _GPU_DTYPES:

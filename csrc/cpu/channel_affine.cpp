@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <vector>
 
 #include "cpu/common.h"
 
@@ -156,14 +157,24 @@ int bwd(const ChannelAffineParams& p) {
   const T* x = static_cast<const T*>(p.x);
   const T* dy = static_cast<const T*>(p.dy);
   T* dx = static_cast<T*>(p.dx);
-  T* dA_part = static_cast<T*>(p.dA_part);
-  T* dc_part = static_cast<T*>(p.dc_part);
-  const int64_t C = p.C, HW = p.HW, chunk = p.chunk, nq = (HW + chunk - 1) / chunk;
+  const int64_t C = p.C, HW = p.HW, chunk = p.chunk, nq = (HW + chunk - 1) / chunk, nk = p.B * nq;
+  // Stage 1: one dA, dc partial per chunk (sample n, pixel range q), each written by one thread.
+  std::vector<T> part(static_cast<size_t>(nk * (C * C + C)));
 #pragma omp parallel for num_threads(p.nthreads) schedule(static)
-  for (int64_t k = 0; k < p.B * nq; ++k) {
+  for (int64_t k = 0; k < nk; ++k) {
     const int64_t n = k / nq, c0 = (k % nq) * chunk, c1 = std::min(c0 + chunk, HW), off = n * C * HW;
-    bwd_chunk_any(x + off, dy + off, static_cast<const T*>(p.A), dx + off, dA_part + k * C * C, dc_part + k * C, C,
-                  HW, c0, c1);
+    T* pk = part.data() + k * (C * C + C);
+    bwd_chunk_any(x + off, dy + off, static_cast<const T*>(p.A), dx + off, pk, pk + C * C, C, HW, c0, c1);
+  }
+  // Stage 2: every dA/dc entry sums its partials in chunk order, whatever the thread count.
+  T* dA = static_cast<T*>(p.dA);
+  T* dc = static_cast<T*>(p.dc);
+  const int64_t width = C * C + C;
+#pragma omp parallel for num_threads(nk * width > 65536 ? p.nthreads : 1) schedule(static)
+  for (int64_t e = 0; e < width; ++e) {
+    T sum = 0;
+    for (int64_t k = 0; k < nk; ++k) sum += part[k * width + e];
+    (e < C * C ? dA[e] : dc[e - C * C]) += sum;
   }
   return 0;
 }

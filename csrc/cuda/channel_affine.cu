@@ -1,5 +1,6 @@
 // channel_affine: y = A x + c over the channels of every pixel (ActNorm folded into the invertible 1x1 conv),
-// and its backward dx = A^T dy with deterministic per-chunk partials of dA = dy x^T and dc = sum dy.
+// and its backward dx = A^T dy with dA = sum dy x^T and dc = sum dy reduced in two fixed-order stages. These FMA
+// kernels serve C <= kCudaMaxChannels = 32; larger C runs on the Triton tensor-core kernel.
 // See ../kernels.h for the contract.
 //
 // Both kernels stage A (C x C, accumulator type) in dynamic shared memory and stream [C][TP] pixel tiles of
@@ -8,7 +9,6 @@
 // coalesced. Each thread keeps a small register tile of outputs (rows x pixels) so one shared load of A or x
 // feeds several FMAs. No atomics: every output element has exactly one writer and a fixed summation order.
 #include <algorithm>
-#include <climits>
 #include <type_traits>
 
 #include "cuda/common.cuh"
@@ -19,8 +19,7 @@ namespace {
 
 constexpr int kThreads = 256;
 
-// Pixels per tile. Chosen so that A plus the tiles fit at C = 128: float fwd 96.5 KiB, bwd 97 KiB (inside the
-// 99 KiB opt-in limit of sm_86/89/120 too); double fwd 161 KiB, bwd 162 KiB (inside sm_80's 163 KiB).
+// Pixels per tile. Shared memory at C = 32: float fwd 12.1 KiB, bwd 12.3 KiB; double fwd 16.3 KiB, bwd 12.5 KiB.
 template <typename Acc> struct AffineTiles;
 template <> struct AffineTiles<float> { static constexpr int kFwd = 64, kBwd = 32; };
 template <> struct AffineTiles<double> { static constexpr int kFwd = 32, kBwd = 16; };
@@ -34,17 +33,14 @@ template <int TP> struct PixelLayout {
   static_assert(TP % kLanes == 0 && kThreads % kLanes == 0, "tile width must be a power of two");
 };
 
-// MT = channel bucket: the kernels are instantiated for C <= 16 * MT, MT in {1, 2, 4, 8}, so the register
-// tiles are sized to C without wasting work on small C. The __launch_bounds__ minimum block counts give ptxas
-// a register budget per bucket (without one, sm_90 ptxas squeezed the small kernels into 32 registers and
-// spilled); the bwd MT = 8 kernel keeps a 64-entry dA tile in registers and gets the full 255.
+// MT = channel bucket: the kernels are instantiated for C <= 16 * MT, MT in {1, 2}, so the register tiles are sized
+// to C without wasting work on small C. The __launch_bounds__ minimum block count gives ptxas a register budget
+// (without one, sm_90 ptxas squeezed the kernels into 32 registers and spilled).
 // with_channel_bucket(C, f) calls f(std::integral_constant<int, MT>) for C's bucket.
 template <typename F>
 auto with_channel_bucket(int64_t C, F&& f) {
   if (C <= 16) return f(std::integral_constant<int, 1>{});
-  if (C <= 32) return f(std::integral_constant<int, 2>{});
-  if (C <= 64) return f(std::integral_constant<int, 4>{});
-  return f(std::integral_constant<int, 8>{});
+  return f(std::integral_constant<int, 2>{});  // C <= kCudaMaxChannels = 32
 }
 
 // The register-tiled channel mix both kernels share: acc[r][q] += sum_k M[k*k_step + ch[r]*ch_step] *
@@ -86,7 +82,7 @@ __device__ __forceinline__ void store_tile(const Acc (&acc)[R][PP], T* out, int6
 // Forward. Grid (ceil(HW/TP), min(B, 65535)): block = one pixel tile of one sample (loops over samples when
 // B > 65535). Shared memory: A [C][C], c [C], x tile [C][TP].
 template <typename T, int TP, int MT>
-__global__ void __launch_bounds__(kThreads, MT <= 2 ? 4 : 2)
+__global__ void __launch_bounds__(kThreads, 4)
 channel_affine_fwd_kernel(const T* __restrict__ x, const acc_t<T>* __restrict__ A, const acc_t<T>* __restrict__ c,
                           T* __restrict__ y, int C, int64_t HW, int64_t B) {
   using Acc = acc_t<T>;
@@ -130,14 +126,15 @@ channel_affine_fwd_kernel(const T* __restrict__ x, const acc_t<T>* __restrict__ 
 }
 
 // ---------------------------------------------------------------------------------------------------------
-// Backward. Grid (B * nq): block k = chunk (n, q) loops over its pixels in TP-wide tiles. Shared memory:
-// A [C][C], dy tile [C][TP+1], x tile [C][TP+1] (the +1 pad keeps the dA loop, which reads 16 channel rows at
-// one pixel, free of bank conflicts).
+// Backward, stage 1. Grid (G): block g takes the TP-pixel tiles g, g + G, g + 2G, ... of all B * ceil(HW/TP)
+// tiles (persistent: G = min(kCudaBwdParts, tiles) is a fixed constant, not the GPU's size, so the sums are the
+// same on every GPU) and writes its dA, dc partial to row g. Shared memory: A [C][C], dy tile [C][TP+1], x tile
+// [C][TP+1] (the +1 pad keeps the dA loop, which reads 16 channel rows at one pixel, free of bank conflicts).
 template <typename T, int TP, int MT>
-__global__ void __launch_bounds__(kThreads, MT <= 2 ? 4 : MT == 4 ? 2 : 1)
+__global__ void __launch_bounds__(kThreads, 4)
 channel_affine_bwd_kernel(const T* __restrict__ x, const T* __restrict__ dy, const acc_t<T>* __restrict__ A,
                           T* __restrict__ dx, acc_t<T>* __restrict__ dA_part, acc_t<T>* __restrict__ dc_part,
-                          int C, int64_t HW, int64_t chunk, int64_t nq) {
+                          int C, int64_t HW, int64_t tiles) {
   using Acc = acc_t<T>;
   using L = PixelLayout<TP>;
   constexpr int kPitch = TP + 1;
@@ -151,13 +148,7 @@ channel_affine_bwd_kernel(const T* __restrict__ x, const T* __restrict__ dy, con
   const int tid = threadIdx.x;
   for (int e = tid; e < C * C; e += kThreads) As[e] = A[e];
 
-  const int64_t k = blockIdx.x;
-  const int64_t n = k / nq, q = k - n * nq;
-  const int64_t pbeg = q * chunk, pend = min(pbeg + chunk, HW);
-  const T* xn = x + n * C * HW;
-  const T* dyn = dy + n * C * HW;
-  T* dxn = dx + n * C * HW;
-
+  const int64_t ntp = ceil_div(HW, (int64_t)TP);  // tiles per sample
   // dx: kLanes threads over pixels, groups over interleaved input channels j (clamped like the forward).
   const int lane = tid % L::kLanes, group = tid / L::kLanes;
   int col[kCols];
@@ -179,8 +170,12 @@ channel_affine_bwd_kernel(const T* __restrict__ x, const T* __restrict__ dy, con
     for (int b = 0; b < MT; ++b) dA[a][b] = Acc(0);
   Acc dc = Acc(0);  // thread i < C owns dc[i]
 
-  for (int64_t p0 = pbeg; p0 < pend; p0 += TP) {
-    const int np = (int)min((int64_t)TP, pend - p0);  // valid pixels in this tile (>= 1)
+  for (int64_t t = blockIdx.x; t < tiles; t += gridDim.x) {
+    const int64_t n = t / ntp, p0 = (t - n * ntp) * TP;
+    const int np = (int)min((int64_t)TP, HW - p0);  // valid pixels in this tile (>= 1)
+    const T* xn = x + n * C * HW;
+    const T* dyn = dy + n * C * HW;
+    T* dxn = dx + n * C * HW;
     __syncthreads();  // A staged (first tile); the previous tile is consumed
     for (int e = tid; e < C * TP; e += kThreads) {
       const int ch = e / TP, p = e % TP;
@@ -219,7 +214,7 @@ channel_affine_bwd_kernel(const T* __restrict__ x, const T* __restrict__ dy, con
       for (int p = 0; p < np; ++p) dc += dys[tid * kPitch + p];
   }
 
-  Acc* dA_k = dA_part + k * C * C;
+  Acc* dA_k = dA_part + (int64_t)blockIdx.x * C * C;
 #pragma unroll
   for (int a = 0; a < MT; ++a) {
     const int i = ti + 16 * a;
@@ -229,7 +224,22 @@ channel_affine_bwd_kernel(const T* __restrict__ x, const T* __restrict__ dy, con
       if (i < C && j < C) dA_k[i * C + j] = dA[a][b];
     }
   }
-  if (tid < C) dc_part[k * C + tid] = dc;
+  if (tid < C) dc_part[(int64_t)blockIdx.x * C + tid] = dc;
+}
+
+// Backward, stage 2: entry e of [dA | dc] adds its G partials in row order (fixed order: deterministic).
+template <typename Acc>
+__global__ void channel_affine_bwd_reduce_kernel(const Acc* __restrict__ dA_part, const Acc* __restrict__ dc_part,
+                                                 Acc* __restrict__ dA, Acc* __restrict__ dc, int C, int G) {
+  const int e = blockIdx.x * blockDim.x + threadIdx.x;
+  const int CC = C * C;
+  if (e >= CC + C) return;
+  const bool is_dA = e < CC;
+  const Acc* src = is_dA ? dA_part + e : dc_part + (e - CC);
+  const int stride = is_dA ? CC : C;
+  Acc sum = Acc(0);
+  for (int g = 0; g < G; ++g) sum += src[(int64_t)g * stride];
+  (is_dA ? dA[e] : dc[e - CC]) += sum;
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -255,18 +265,23 @@ int launch_fwd(const ChannelAffineParams& p) {
 template <typename T>
 int launch_bwd(const ChannelAffineParams& p) {
   using Acc = acc_t<T>;
-  const int64_t B = p.B, C = p.C, HW = p.HW, chunk = p.chunk;
+  const int64_t B = p.B, C = p.C, HW = p.HW;
   constexpr int TP = AffineTiles<Acc>::kBwd;
   if (B == 0 || HW == 0) return (int)cudaSuccess;
-  const int64_t nq = ceil_div(HW, chunk);
-  if (B * nq > INT_MAX) return (int)cudaErrorInvalidValue;  // one block per chunk, 1-D grid
+  const int64_t tiles = B * ceil_div(HW, (int64_t)TP);
+  const int G = (int)std::min<int64_t>(std::min<int64_t>(p.parts, kCudaBwdParts), tiles);
   const auto kernel = with_channel_bucket(C, [](auto mt) { return channel_affine_bwd_kernel<T, TP, mt.value>; });
   const size_t smem = sizeof(Acc) * (size_t)(C * C + 2 * C * (TP + 1));
   const cudaError_t err = allow_dynamic_smem(kernel, smem);
   if (err != cudaSuccess) return (int)err;
-  kernel<<<(unsigned)(B * nq), kThreads, smem, as_stream(p.stream)>>>(
-      static_cast<const T*>(p.x), static_cast<const T*>(p.dy), static_cast<const Acc*>(p.A), static_cast<T*>(p.dx),
-      static_cast<Acc*>(p.dA_part), static_cast<Acc*>(p.dc_part), (int)C, HW, chunk, nq);
+  cudaStream_t stream = as_stream(p.stream);
+  kernel<<<G, kThreads, smem, stream>>>(static_cast<const T*>(p.x), static_cast<const T*>(p.dy),
+                                       static_cast<const Acc*>(p.A), static_cast<T*>(p.dx),
+                                       static_cast<Acc*>(p.dA_part), static_cast<Acc*>(p.dc_part), (int)C, HW, tiles);
+  const int width = (int)(C * C + C);
+  channel_affine_bwd_reduce_kernel<Acc><<<(width + kThreads - 1) / kThreads, kThreads, 0, stream>>>(
+      static_cast<const Acc*>(p.dA_part), static_cast<const Acc*>(p.dc_part), static_cast<Acc*>(p.dA),
+      static_cast<Acc*>(p.dc), (int)C, G);
   return (int)cudaGetLastError();
 }
 
@@ -281,7 +296,7 @@ int channel_affine_fwd<Device::kCUDA>(const ChannelAffineParams& p) {
 
 template <>
 int channel_affine_bwd<Device::kCUDA>(const ChannelAffineParams& p) {
-  if (p.C < 1 || p.C > kCudaMaxChannels || p.B < 0 || p.HW < 0 || p.chunk < 1) return (int)cudaErrorInvalidValue;
+  if (p.C < 1 || p.C > kCudaMaxChannels || p.B < 0 || p.HW < 0 || p.parts < 1) return (int)cudaErrorInvalidValue;
   return cuda::dispatch_dtype(p.dtype, [&](auto tag) { return cuda::launch_bwd<typename decltype(tag)::type>(p); });
 }
 

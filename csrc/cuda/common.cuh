@@ -78,7 +78,7 @@ __device__ __forceinline__ Acc block_sum(Acc v) {
 
 inline cudaStream_t as_stream(uintptr_t s) { return reinterpret_cast<cudaStream_t>(s); }
 
-inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+__host__ __device__ inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 // Opt in to more than 48 KiB of dynamic shared memory. Done on every call: it is cheap and per device.
 template <typename Kernel>

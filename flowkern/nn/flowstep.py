@@ -5,6 +5,7 @@ from torch import nn
 
 from flowkern import ops
 from flowkern.nn._checks import check_input
+from flowkern.ops.checks import no_autocast
 from flowkern.nn.actnorm import ActNorm2d
 from flowkern.nn.coupling import AffineCoupling
 from flowkern.nn.invconv import InvConv1x1, InvConv1x1LU
@@ -24,18 +25,56 @@ class FlowStep(nn.Module):
         self.actnorm = ActNorm2d(num_channels)
         self.invconv = InvConv1x1LU(num_channels) if lu else InvConv1x1(num_channels)
         self.coupling = AffineCoupling(num_channels, hidden, context_channels, affine)
+        self._derived_key, self._derived = None, None  # see derived()
+
+    def _affine_params(self):
+        return (self.actnorm.log_scale, self.actnorm.bias) + tuple(self.invconv.parameters())
+
+    def _needs_param_grad(self) -> bool:
+        return torch.is_grad_enabled() and any(p.requires_grad for p in self._affine_params())
+
+    @torch.no_grad()
+    def derived(self, dtype: torch.dtype, inverse: bool = False) -> dict:
+        """The affine map's parameter-derived tensors in `dtype`, formed once per parameter version, without grad:
+        A = W diag(s) and c = A b (forward), A^-1 and -b (inverse), and log|det| per pixel. Between optimizer steps
+        (sampling, evaluation, the inverse passes of reversible backprop) no call re-forms them; a changed parameter
+        (new tensor or in-place update: its version counter moves) invalidates them."""
+        params = self._affine_params()
+        # a module.to() swaps a parameter's storage without moving its version: the data pointer tells
+        key = (dtype,) + tuple((id(p), p.data_ptr(), p._version) for p in params)
+        an, ic = self.actnorm, self.invconv
+        with no_autocast(an.bias):  # exact flow algebra, also when called under autocast
+            if self._derived_key != key:
+                s, W, b = an.scale().to(dtype), ic.weight().to(dtype), an.bias.to(dtype)
+                A = (W * s).contiguous()  # W diag(s)
+                self._derived = {"s": s, "W": W, "A": A, "c": A @ b, "nb": -b,
+                                 "ld": (an.log_scale.sum() + ic.logdet_per_pixel()).to(dtype)}
+                self._derived_key = key
+            d = self._derived
+            if inverse and "A_inv" not in d:
+                d["A_inv"] = (ic.weight_inverse().to(dtype) / d["s"][:, None]).contiguous()  # diag(1/s) W^-1
+        return d
 
     def _affine(self, x):
         """ActNorm + 1x1 conv: (x', logdet)."""
         self.actnorm.maybe_initialize(x)
+        if not self._needs_param_grad():
+            d = self.derived(ops.acc_dtype(x.dtype))
+            return ops.channel_affine(x, d["A"], d["c"]), self._logdet(x, d)
         return ops.actnorm_invconv(x, self.actnorm.scale(), self.actnorm.bias, self.invconv.weight(),
                                    logdet_w=self.invconv.logdet_per_pixel())
 
-    def _affine_inverse(self, y, s=None, W=None, logdet_w=None):
-        """Inverse of ActNorm + 1x1 conv: (x, logdet); s, W, log|det W| if already formed."""
+    @staticmethod
+    def _logdet(x, d, sign=1.0):
+        return (sign * x.shape[2] * x.shape[3] * d["ld"]).expand(x.shape[0])
+
+    def _affine_inverse(self, y):
+        """Inverse of ActNorm + 1x1 conv: (x, logdet)."""
+        if not self._needs_param_grad():
+            d = self.derived(ops.acc_dtype(y.dtype), inverse=True)
+            return ops.channel_affine(y, d["A_inv"], d["nb"]), self._logdet(y, d, -1.0)
         an, ic = self.actnorm, self.invconv
-        return ops.actnorm_invconv_inverse(y, an.scale() if s is None else s, an.bias, ic.weight() if W is None else W,
-                                           logdet_w=ic.logdet_per_pixel() if logdet_w is None else logdet_w,
+        return ops.actnorm_invconv_inverse(y, an.scale(), an.bias, ic.weight(), logdet_w=ic.logdet_per_pixel(),
                                            W_inv=ic.weight_inverse())
 
     def forward(self, x, context=None):
@@ -71,7 +110,7 @@ class FlowStep(nn.Module):
                 h = cp._h(ya, c)
         with torch.no_grad(), autocast():
             xc, _ = ops.affine_coupling_inverse(y, h, cp.affine)  # the coupling's input x'
-            x, _ = self._affine_inverse(xc, s.detach(), W.detach(), logdet_w.detach())
+            x, _ = self._affine_inverse(xc)
         g_xc, g_h = ops.affine_coupling_backward(y, h, dy, dlogdet, cp.affine)
         nn_params = [p for p in cp.parameters() if p.requires_grad]
         g_nn = torch.autograd.grad(h, [ya] + ([c] if context_grad else []) + nn_params, g_h, allow_unused=True)

@@ -6,9 +6,9 @@ from flowkern.ops.actnorm_invconv import (actnorm_invconv, actnorm_invconv_backw
                                           actnorm_invconv_ref)
 from flowkern.ops.affine_coupling import (affine_coupling, affine_coupling_backward, affine_coupling_inverse,
                                           affine_coupling_inverse_ref, affine_coupling_ref)
-from flowkern.ops.channel_affine import channel_affine, channel_affine_ref
+from flowkern.ops.channel_affine import channel_affine, channel_affine_ref, max_channels
 from flowkern.ops.checks import acc_dtype
 
 __all__ = ["acc_dtype", "actnorm_invconv", "actnorm_invconv_backward", "actnorm_invconv_inverse", "actnorm_invconv_ref",
-           "channel_affine", "channel_affine_ref", "affine_coupling", "affine_coupling_backward",
+           "channel_affine", "channel_affine_ref", "max_channels", "affine_coupling", "affine_coupling_backward",
            "affine_coupling_inverse", "affine_coupling_ref", "affine_coupling_inverse_ref"]

@@ -1,7 +1,8 @@
 """channel_affine: y = A x + c over the channels of every pixel, the fused form of ActNorm + invertible 1x1 conv.
 
 One read of x and one write of y per pass, the C x C matrix held on chip. The backward reads x and dy once, writes dx
-once, and reduces dA = sum dy x^T and dc = sum dy through per-chunk partials (deterministic, no atomics).
+once, and reduces dA = sum dy x^T and dc = sum dy in the kernel, in two fixed-order stages (deterministic, no
+atomics): partial sums over pixel ranges, then their sum.
 
     channel_affine_ref   the pure-torch reference (a 1x1 conv)
     channel_affine_fwd   kernel forward: allocates y, launches (registered as flowkern::channel_affine_fwd)
@@ -18,6 +19,7 @@ from torch import Tensor
 
 from flowkern import _ext
 from flowkern.ops.checks import acc_dtype, cdiv, check_nchw, check_same_device, check_shape, no_autocast, round_up
+from flowkern.ops import dispatch
 from flowkern.ops.dispatch import FusedOp, launch, pick_backend, triton_kernels
 
 
@@ -37,11 +39,18 @@ def max_channels(backend: str) -> Optional[int]:
 
 
 def pixel_chunk(backend: str, B: int, HW: int) -> int:
-    """Pixels per partial sum of the backward. A function of the shape only, so the reduction order (and hence the
-    result, bit for bit) never depends on the thread count or timing."""
+    """Pixels per partial sum of the backward (CPU and Triton). A function of the shape only, so the reduction order
+    (and hence the result, bit for bit) never depends on the thread count, timing or GPU."""
     if backend == "cpu":
         return 1024
-    return max(256, round_up(cdiv(B * HW, 512), 256))  # GPU: ~512 blocks in flight
+    return max(256, round_up(cdiv(B * HW, 512), 256))  # GPU: ~512 programs in flight
+
+
+def partial_rows(backend: str, B: int, HW: int, chunk: int) -> int:
+    """Rows of the GPU backward's scratch: one per chunk of a launch (Triton), or the CUDA kernel's fixed count."""
+    if backend == "cuda":
+        return _ext._C.cuda_bwd_parts
+    return min(B, dispatch.MAX_LAUNCH_BATCH) * cdiv(HW, chunk)
 
 
 def channel_affine_fwd(x: Tensor, A: Tensor, c: Optional[Tensor], backend: str) -> Tensor:
@@ -57,15 +66,17 @@ def channel_affine_bwd(x: Tensor, dy: Tensor, A: Tensor, backend: str) -> Tuple[
     """Kernel backward: (dx, dA, dc) for y = A x + c."""
     B, C, H, W = x.shape
     dx = torch.empty_like(x)
+    dA, dc = A.new_zeros(C, C), A.new_zeros(C)  # the kernels accumulate into them
     if not x.numel():
-        return dx, A.new_zeros(C, C), A.new_zeros(C)
+        return dx, dA, dc
     chunk = pixel_chunk(backend, B, H * W)
-    nk = B * cdiv(H * W, chunk)
-    dA_part = A.new_empty(nk, C, C)
-    dc_part = A.new_empty(nk, C)
-    launch("channel_affine_bwd", backend, x=x, dy=dy, A=A, dx=dx, dA_part=dA_part, dc_part=dc_part, B=B, C=C,
-           HW=H * W, chunk=chunk)
-    return dx, dA_part.sum(0), dc_part.sum(0)  # fixed-order sums of the partials: deterministic
+    dA_part = dc_part = parts = None
+    if backend != "cpu":  # the CPU kernel keeps its partials in its own memory
+        parts = partial_rows(backend, B, H * W, chunk)
+        dA_part, dc_part = A.new_empty(parts, C, C), A.new_empty(parts, C)
+    launch("channel_affine_bwd", backend, x=x, dy=dy, A=A, dx=dx, dA=dA, dc=dc, dA_part=dA_part, dc_part=dc_part,
+           B=B, C=C, HW=H * W, chunk=chunk, parts=parts or 0)
+    return dx, dA, dc
 
 
 def channel_affine_bwd_ref(x: Tensor, dy: Tensor, A: Tensor, backend: str = "torch") -> Tuple[Tensor, Tensor, Tensor]:

@@ -5,7 +5,8 @@
 - `launch(kernel, backend, **params)`: the one place that calls a kernel. `params` are the fields of the op's params
   struct in csrc/kernels.h, by the same names: tensors (every output allocated by the caller) and sizes. The C++ and
   CUDA kernels get them in that struct (tensors as data pointers); the Triton launchers get them as attributes of a
-  namespace (tensors as tensors).
+  namespace (tensors as tensors). A batch above MAX_LAUNCH_BATCH samples is split into several launches on every
+  backend, so no kernel ever sees more samples than a GPU grid axis holds.
 - `FusedOp`: a kernel-backed function with its autograd formula, called the same way in eager mode and under
   torch.compile (its torch.library registration is in registry.py).
 """
@@ -22,6 +23,12 @@ from flowkern.ops.checks import needs_grad
 
 # The params struct of each op (csrc/kernels.h); a kernel's op is its name without the pass: channel_affine_fwd.
 _PARAMS = {"channel_affine": "ChannelAffineParams", "affine_coupling": "AffineCouplingParams"}
+# The fields of each op's params that hold one row per sample: a batch split slices them. The others (matrices,
+# reductions the kernels accumulate into, GPU scratch reused launch after launch on one stream) pass whole.
+_PER_SAMPLE = {"channel_affine": ("x", "y", "dy", "dx"),
+               "affine_coupling": ("x", "y", "h", "ld_part", "dy", "dld", "dx", "dh")}
+# Samples per launch: a GPU grid axis other than x holds at most 65535 blocks.
+MAX_LAUNCH_BATCH = 65535
 
 
 def pick_backend(x: torch.Tensor, max_channels: Optional[Callable[[str], Optional[int]]] = None) -> str:
@@ -59,7 +66,20 @@ def _kernel(kernel: str, backend: str):
 
 def launch(kernel: str, backend: str, **params) -> None:
     """Run `kernel` (e.g. "channel_affine_fwd") on backend "cpu", "cuda" or "triton". The first of params is a data
-    tensor (x or y): it sets the dtype and the device."""
+    tensor (x or y): it sets the dtype and the device. params["B"] is the batch: above MAX_LAUNCH_BATCH it is split
+    into launches of at most that many samples (every kernel accumulates its reductions, so the parts add up)."""
+    B = params["B"]
+    if B <= MAX_LAUNCH_BATCH:
+        return _launch(kernel, backend, params)
+    per_sample = _PER_SAMPLE[kernel.rsplit("_", 1)[0]]
+    for b0 in range(0, B, MAX_LAUNCH_BATCH):
+        b1 = min(B, b0 + MAX_LAUNCH_BATCH)
+        part = {k: (v[b0:b1] if k in per_sample and v is not None else v) for k, v in params.items()}
+        part["B"] = b1 - b0
+        _launch(kernel, backend, part)
+
+
+def _launch(kernel: str, backend: str, params: dict) -> None:
     fn, params_struct = _kernel(kernel, backend)
     x = next(iter(params.values()))
     if params_struct is None:  # Triton: the same fields, tensors as tensors

@@ -7,6 +7,7 @@ from _helpers import kernel_backends
 
 import flowkern
 from flowkern import ops
+from flowkern.ops import dispatch
 
 
 @pytest.mark.parametrize("backend,device", kernel_backends())
@@ -120,3 +121,49 @@ def test_flowkern_backend_environment_variable(value, ok):
         assert r.stdout.strip() == (value.strip().lower() or "auto")
     else:
         assert r.returncode != 0 and "FLOWKERN_BACKEND='gpu' is not a flowkern backend" in r.stderr
+
+
+def _all_passes(backend, device, B, C=6, H=3, W=5, seed=0):
+    """Outputs and gradients of every kernel pass (channel_affine fwd/bwd, affine_coupling fwd/inv/bwd) at batch B."""
+    g = torch.Generator().manual_seed(seed)
+    r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64).float().to(device)  # noqa: E731
+    x, h = r(B, C, H, W).requires_grad_(True), r(B, C, H, W).requires_grad_(True)
+    A, c = r(C, C).requires_grad_(True), r(C).requires_grad_(True)
+    with flowkern.use_backend(backend):
+        y = ops.channel_affine(x, A, c)
+        z, ld = ops.affine_coupling(y, h)
+        back, ld_inv = ops.affine_coupling_inverse(z.detach(), h.detach())
+    loss = (z * r(*z.shape)).sum() + (ld * r(B)).sum()
+    return [y.detach(), z.detach(), ld.detach(), back, ld_inv] + list(torch.autograd.grad(loss, [x, A, c, h]))
+
+
+@pytest.mark.parametrize("backend,device", kernel_backends())
+def test_batches_above_the_launch_limit_are_split(backend, device, monkeypatch):
+    # The split itself, at a size that runs anywhere: lower the limit to 2 samples per launch, so B = 5 takes three
+    # launches. Per-sample outputs must be identical; dA, dc add up over launches (same sums, other grouping).
+    whole = _all_passes(backend, device, B=5)
+    calls = []
+    real = dispatch._launch
+    monkeypatch.setattr(dispatch, "_launch", lambda k, b, p: calls.append(p["B"]) or real(k, b, p))
+    monkeypatch.setattr(dispatch, "MAX_LAUNCH_BATCH", 2)
+    split = _all_passes(backend, device, B=5)
+    assert calls and set(calls) == {2, 1}, calls
+    for i, (a, b) in enumerate(zip(whole, split)):
+        if i in (6, 7):  # dA, dc
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+        else:
+            assert torch.equal(a, b), i
+
+
+def test_batch_above_65535_runs(monkeypatch):
+    # A real batch past a GPU grid axis (65535), on the CPU kernels at the smallest size: two launches, same result
+    # as the reference.
+    B = 65537
+    calls = []
+    real = dispatch._launch
+    monkeypatch.setattr(dispatch, "_launch", lambda k, b, p: calls.append(p["B"]) or real(k, b, p))
+    got = _all_passes("cpu", "cpu", B=B, C=2, H=1, W=1)
+    assert sorted(set(calls)) == [2, 65535]
+    ref = _all_passes("torch", "cpu", B=B, C=2, H=1, W=1)
+    for a, b in zip(got, ref):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-4)
