@@ -39,3 +39,25 @@ def test_non_contiguous_and_channels_last_are_handled():
     assert torch.allclose(y1, ref, atol=1e-5) and torch.allclose(y2, ref, atol=1e-5)
     z_ref, ld_ref = ops.affine_coupling_ref(x, h)
     assert torch.allclose(z, z_ref, atol=1e-5) and torch.allclose(ld, ld_ref, atol=1e-4)
+
+
+@pytest.mark.parametrize("backend,device,dtype", [c for c in op_cases() if c.values[0] == "triton"])
+@pytest.mark.parametrize("shape", [(2, 24, 3, 5), (1, 48, 17, 19), (2, 128, 3, 3), (1, 192, 5, 3), (1, 256, 3, 5)],
+                         ids=lambda s: "x".join(map(str, s)))
+def test_channel_affine_triton_channel_blocks(backend, device, dtype, shape):
+    """The Triton kernels tile channels in blocks of 16/32/64 dividing C rounded up to 16 (C = 24, 48, 192 are not
+    powers of two; 256 is the maximum), odd pixel counts; 1x48x17x19 spans two backward chunks."""
+    C = shape[1]
+    x = rand(*shape, dtype=dtype, device=device, requires_grad=True)
+    adt = torch.float64 if dtype == torch.float64 else torch.float32
+    A = (rand(C, C, dtype=adt, device=device) / C ** 0.5).requires_grad_(True)
+    c = rand(C, dtype=adt, device=device, requires_grad=True)
+    y = run_with(backend, lambda: ops.channel_affine(x, A, c))
+    ins64 = [t.detach().double().requires_grad_(True) for t in (x, A, c)]
+    y64 = ops.channel_affine_ref(*ins64)
+    check_close(y, y64, dtype, "y")
+    R = torch.randn(y.shape, dtype=torch.float64, device=device)
+    g = torch.autograd.grad((y.double() * R).sum(), [x, A, c])
+    g_ref = torch.autograd.grad((y64 * R).sum(), ins64)
+    for name, a, r in zip(["dx", "dA", "dc"], g, g_ref):
+        check_close(a, r, dtype, name)
