@@ -162,3 +162,39 @@ def affine_coupling_bwd(p):
         p.y, p.h, p.dy, p.dld if has_dld else None, p.dx, p.dh, p.C, p.Ca, p.HW,
         ACC=_acc(p.y.dtype), AFFINE=p.affine, HAS_DLD=has_dld, BLOCK=BLOCK,
     )
+
+
+def launch_configs():
+    """Every compilation the launchers above can ask for (flowkern.ops.gpu_compile checks them for spills and shared
+    memory): each GPU input dtype, affine or additive, forward or inverse, with or without dlogdet. C and the shape
+    matter only through the fwd/inv BLOCK, min(BLOCK, next_power_of_2(chunk)) for every chunk the op can pick."""
+    from flowkern.ops.affine_coupling import element_chunk
+    from flowkern.ops.checks import acc_dtype
+    from flowkern.ops.gpu_compile import GPU_DTYPES, LaunchConfig, dtype_name, pointer_type
+
+    # chunk >= element_chunk's minimum, any size above it; BLOCK caps the block.
+    blocks = {min(BLOCK, triton.next_power_of_2(element_chunk("triton", 1, 1)))}
+    while max(blocks) < BLOCK:
+        blocks.add(max(blocks) * 2)
+    for dtype in GPU_DTYPES:
+        data, acc, name = pointer_type(dtype), pointer_type(acc_dtype(dtype)), dtype_name(dtype)
+        for affine in (True, False):
+            for inverse in (False, True):
+                for block in sorted(blocks):
+                    yield LaunchConfig(
+                        _coupling_kernel,
+                        {"x_ptr": data, "h_ptr": data, "y_ptr": data, "C": "i32", "Ca": "i32", "HW": "i32",
+                         "chunk": "i32", "nk": "i32", **({"ld_part_ptr": acc} if affine else {})},
+                        {"ACC": _acc(dtype), "AFFINE": affine, "INVERSE": inverse, "BLOCK": block,
+                         **({} if affine else {"ld_part_ptr": None})},
+                        None, None,  # Triton's default warps and stages: the launchers pass none
+                        f"{name} {'affine' if affine else 'additive'} {'inv' if inverse else 'fwd'} BLOCK={block}")
+            for has_dld in ((True, False) if affine else (False,)):
+                yield LaunchConfig(
+                    _coupling_bwd_kernel,
+                    {"y_ptr": data, "h_ptr": data, "dy_ptr": data, "dx_ptr": data, "dh_ptr": data,
+                     "C": "i32", "Ca": "i32", "HW": "i32", **({"dld_ptr": acc} if has_dld else {})},
+                    {"ACC": _acc(dtype), "AFFINE": affine, "HAS_DLD": has_dld, "BLOCK": BLOCK,
+                     **({} if has_dld else {"dld_ptr": None})},
+                    None, None,
+                    f"{name} {'affine' if affine else 'additive'} bwd{' dld' if has_dld else ''} BLOCK={BLOCK}")
