@@ -2,12 +2,14 @@
 C=12 at 32x32, coupling hidden 512), of a whole Glow, and of a level over the frames of several clips (a batch larger
 than the reversible recompute chunk): eager reference vs torch.compile of the reference vs flowkern (fused kernels)
 vs flowkern reversible (and, where the batch exceeds the chunk, reversible without chunking). Each step is forward +
-backward of a Glow-style loss."""
+backward of a Glow-style loss. On CUDA every variant runs with TF32 off (the coupling networks' convolutions in fp32,
+flowkern's included), and the eager step once more with TF32 on (eager_tf32_ms): fused_op_bench.time_tf32_off."""
 import copy
 
 import torch
 
 import flowkern
+from fused_op_bench import time_tf32_off
 from flowkern import FlowSequence, FlowStep, Glow
 from flowkern.reversible import DEFAULT_RECOMPUTE_CHUNK
 
@@ -71,7 +73,7 @@ def run(device, timer, suite="quick", compile_baseline=True, progress=None):
             variants["compiled"] = (torch.compile(copy.deepcopy(base), dynamic=False), "torch")
         with flowkern.use_backend("auto"):
             resolved = flowkern.backend.resolve(x)
-        t = timer({k: _train_step(m, x, bk) for k, (m, bk) in variants.items()})
+        t = time_tf32_off(timer, {k: _train_step(m, x, bk) for k, (m, bk) in variants.items()}, device)
         row = {"bench": "train_step", "op": f"{name} K={K}" + (" x3 levels" if name == "glow" else ""),
                "shape": f"{B}x{C}x{S}x{S} hidden {hidden}",
                "pass": "fwd+bwd", "backend": resolved,
@@ -84,6 +86,8 @@ def run(device, timer, suite="quick", compile_baseline=True, progress=None):
                        chunking_overhead=t["flowkern_reversible"] / t["flowkern_reversible_unchunked"])
         if "compiled" in t:
             row.update(compiled_ms=1e3 * t["compiled"], speedup_vs_compiled=t["compiled"] / t["flowkern"])
+        if "eager_tf32" in t:
+            row.update(eager_tf32_ms=1e3 * t["eager_tf32"], speedup_vs_eager_tf32=t["eager_tf32"] / t["flowkern"])
         if progress is not None:
             progress.update(1)
         yield row

@@ -19,11 +19,13 @@ from flowkern.memory import keep_freed_cpu_memory
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # sibling modules, without shadowing flowkern
 import bench_actnorm_invconv  # noqa: E402
 import bench_affine_coupling  # noqa: E402
+import bench_kernel_resources  # noqa: E402
 import bench_channel_affine  # noqa: E402
 import bench_memory  # noqa: E402
 import bench_models  # noqa: E402
 import bench_video_data  # noqa: E402
 import fused_op_bench  # noqa: E402
+import roofline  # noqa: E402
 import timing  # noqa: E402
 
 OP_BENCHMARKS = [bench_channel_affine, bench_actnorm_invconv, bench_affine_coupling]
@@ -34,10 +36,12 @@ BAIR = "VideoFlow bair: memory vs clip length"
 PLAN = "VideoFlow bair: memory plan (fitted to three measured steps)"
 CHECK = "Meta-device estimate vs real measurement"
 LARGE = "Large-image Glow (256x256, batch 8, hidden 256)"
+RESOURCES = "GPU kernel resources per launch config (compiled for sm_80/sm_90, no GPU: flowkern.ops.gpu_compile)"
+ROOFLINE = "Roofline model: fused ops at VideoFlow bair shapes on an H100 SXM (benchmarks/roofline.py, no timing)"
 
-OP_COLUMNS = ["op", "shape", "pass", "backend", "eager_ms", "compiled_ms", "flowkern_ms", "flowkern_reversible_ms",
-              "flowkern_reversible_unchunked_ms", "speedup_vs_eager", "speedup_vs_compiled", "reversible_overhead",
-              "chunking_overhead", "flowkern_GBps", "fraction_of_copy_bw"]
+OP_COLUMNS = ["op", "shape", "pass", "backend", "eager_ms", "eager_tf32_ms", "compiled_ms", "flowkern_ms",
+              "flowkern_reversible_ms", "flowkern_reversible_unchunked_ms", "speedup_vs_eager", "speedup_vs_eager_tf32",
+              "speedup_vs_compiled", "reversible_overhead", "chunking_overhead", "flowkern_GBps", "fraction_of_copy_bw"]
 
 
 def markdown_table(rows, columns=None):
@@ -69,7 +73,8 @@ def main(argv=None):
     p.add_argument("--default-malloc", action="store_true",
                    help="leave glibc malloc as it is (by default the CPU run keeps freed memory, see "
                         "flowkern.memory.keep_freed_cpu_memory)")
-    p.add_argument("--only", nargs="*", choices=["ops", "train", "depth", "clip", "large", "data"], default=None)
+    p.add_argument("--only", nargs="*", default=None,
+                   choices=["ops", "train", "depth", "clip", "large", "data", "roofline", "resources"])
     args = p.parse_args(argv)
 
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
@@ -91,7 +96,7 @@ def main(argv=None):
         env["copy_bandwidth_GBps"] = bandwidth / 1e9
     budget = args.memory_budget * 10**9 if args.memory_budget else default_budget(device)
     compile_baseline = not args.no_compile and suite != "smoke"
-    want = set(args.only or ["ops", "train", "depth", "clip", "large", "data"])
+    want = set(args.only or ["ops", "train", "depth", "clip", "large", "data", "roofline"])
     print(f"flowkern benchmarks: {env['device']} | torch {env['torch']} | triton {env['triton']} | suite {suite}",
           flush=True)
 
@@ -131,6 +136,10 @@ def main(argv=None):
             bar.update(1)
         if "data" in want:
             sections["Video loader (VideoFolder, mp4 clips)"] = bench_video_data.run(suite, progress=bar)
+    if "roofline" in want:  # a model, no timing: costs nothing, so every suite has it
+        sections[ROOFLINE] = roofline.run()
+    if "resources" in (args.only or ([] if suite == "smoke" else ["resources"])):  # compiles: not in the smoke suite
+        sections[RESOURCES] = bench_kernel_resources.run()
 
     plots = []
     for title, key, columns, ylabel, fname, rows_of in (
@@ -157,8 +166,13 @@ def main(argv=None):
         text.append(f"CPU allocator: glibc malloc, {env['cpu_allocator']} (`--default-malloc` to leave it as is).")
     if bandwidth:
         text.append(f"Measured device copy bandwidth: {bandwidth / 1e9:.0f} GB/s (read + write).")
+    if device == "cuda":
+        text.append("fp32 convolutions and matmuls run with TF32 off (eager, compiled and flowkern alike); "
+                    "eager_tf32_ms is the eager reference with TF32 on.")
     for title, rows in sections.items():
         text += ["", f"## {title}", "", markdown_table(rows, OP_COLUMNS if title.startswith(("Fused", "Training"))
+                                                       else roofline.COLUMNS if title == ROOFLINE
+                                                       else bench_kernel_resources.COLUMNS if title == RESOURCES
                                                        else None)]
     text += [""] + [f"![{p}]({p})" for p in plots]
     md = "\n".join(text) + "\n"
