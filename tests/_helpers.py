@@ -38,9 +38,9 @@ def randomize_(module: torch.nn.Module, scale: float = 0.1) -> torch.nn.Module:
     return module
 
 
-def random_level(C, K, ctx=0, reversible=True, hidden=8, dtype=torch.float64):
+def random_level(C, K, ctx=0, reversible=True, hidden=8, dtype=torch.float64, lu=True):
     """A FlowSequence of K random (non-identity) FlowSteps in training mode."""
-    seq = flowkern.FlowSequence([flowkern.FlowStep(C, hidden, ctx) for _ in range(K)], reversible=reversible)
+    seq = flowkern.FlowSequence([flowkern.FlowStep(C, hidden, ctx, lu=lu) for _ in range(K)], reversible=reversible)
     return randomize_(seq).to(dtype).train()
 
 

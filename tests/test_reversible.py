@@ -27,11 +27,13 @@ def max_rel_diff(a, b):
 @pytest.mark.parametrize("backend", ["torch", "auto"])
 @pytest.mark.parametrize("ctx_c", [0, 3])
 @pytest.mark.parametrize("chunk", [None, 1, 2], ids=["whole-batch", "chunk1", "chunk2"])
-def test_reversible_gradients_equal_autograd_float64(backend, ctx_c, chunk):
-    """Recomputing the batch in chunks (2 does not divide the batch of 3) changes nothing beyond reassociation."""
+@pytest.mark.parametrize("lu", [True, False], ids=["lu", "plain-conv"])
+def test_reversible_gradients_equal_autograd_float64(backend, ctx_c, chunk, lu):
+    """Recomputing the batch in chunks (2 does not divide the batch of 3) changes nothing beyond reassociation; the
+    plain 1x1 conv as well as the LU one."""
     flowkern.set_backend(backend)
-    plain = level(6, 5, ctx_c, reversible=False)
-    rev = level(6, 5, ctx_c, reversible=True)
+    plain = level(6, 5, ctx_c, reversible=False, lu=lu)
+    rev = level(6, 5, ctx_c, reversible=True, lu=lu)
     rev.recompute_chunk = chunk
     rev.load_state_dict(plain.state_dict())
     x = torch.randn(3, 6, 4, 6, dtype=torch.float64, requires_grad=True)

@@ -9,7 +9,7 @@ from flowkern.nn._checks import check_input
 def random_rotation(c: int) -> torch.Tensor:
     """A random orthogonal C x C matrix (QR of a Gaussian matrix, sign-fixed so it is Haar distributed)."""
     q, r = torch.linalg.qr(torch.randn(c, c, dtype=torch.float64))
-    return (q * torch.sign(torch.diagonal(r))).float()
+    return (q * torch.sign(torch.diagonal(r))).float().contiguous()  # QR's q is column-major
 
 
 class _InvConvBase(nn.Module):

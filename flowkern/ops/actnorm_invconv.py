@@ -64,7 +64,7 @@ def actnorm_invconv(x: Tensor, s: Tensor, b: Tensor, W: Tensor,
         return ActNormInvConvFunction.apply(x.contiguous(), s, b, W, logdet_w, backend)
     acc = acc_dtype(x.dtype)  # torch.compile traces these ops and the registered channel_affine op
     with no_autocast(x):  # the flow's algebra stays fp32 under autocast
-        A = (W.to(acc) * s.to(acc)[None, :]).contiguous()
+        A = (W.to(acc) * s.to(acc)).contiguous()  # W diag(s); the product keeps W's layout, the kernel needs rows
         y = channel_affine_fwd_op(x.contiguous(), A, (A @ b.to(acc)).contiguous(), backend)
     return y, _logdet(x, s, W, logdet_w)
 
@@ -79,9 +79,9 @@ class ActNormInvConvFunction(torch.autograd.Function):
         acc = acc_dtype(x.dtype)
         with no_autocast(x):  # the flow's algebra stays in fp32 (or fp64) under autocast
             s_, b_, W_ = s.to(acc), b.to(acc), W.to(acc)
-            A = (W_ * s_[None, :]).contiguous()
+            A = (W_ * s_).contiguous()  # W diag(s); the product keeps W's layout, the kernel needs rows
             y = channel_affine_fwd(x, A, A @ b_, backend)
-            ld = _logdet(x, s_, W_, logdet_w).contiguous()
+            ld = _logdet(x, s_, W_, logdet_w)
         ctx.save_for_backward(x, s, b, W, A)
         ctx.backend = backend
         ctx.dtypes = (s.dtype, b.dtype, W.dtype, logdet_w.dtype)
@@ -105,8 +105,8 @@ def _backward(x, dy, dld, s, b, W, A, backend, differentiable=False):
     acc = acc_dtype(x.dtype)
     s, b, W = s.to(acc), b.to(acc), W.to(acc)
     with no_autocast(x):
-        if A is None:
-            A = W * s[None, :]
+        if A is None:  # the product keeps W's layout (a QR factor is column-major); the kernels read rows
+            A = (W * s).contiguous()
         if dy is not None:
             bwd = channel_affine_bwd_ref if differentiable or backend == "torch" else channel_affine_bwd
             dx, dA, dc = bwd(x, dy.contiguous(), A, backend)
@@ -116,7 +116,7 @@ def _backward(x, dy, dld, s, b, W, A, backend, differentiable=False):
         g = (x.shape[2] * x.shape[3]) * (dld.sum().to(acc) if dld is not None else A.new_zeros(()))  # per pixel
         ds = (dA * W).sum(0) + g / s  # A = W diag(s); the logdet has log|s|
         db = A.t() @ dc
-        dW = dA * s[None, :]
+        dW = dA * s
     return dx, ds, db, dW, g
 
 

@@ -65,13 +65,12 @@ def _fwd_or_inv(kernel: str, x: Tensor, y: Tensor, h: Tensor, affine: bool, back
     B, C, H, W = x.shape
     ca = C // 2
     E = (C - ca) * H * W
-    ld = x.new_zeros(B, dtype=acc_dtype(x.dtype))
     if not x.numel():
-        return ld
-    chunk = element_chunk(backend, B, E)
-    ld_part = ld.new_empty(B, cdiv(E, chunk)) if affine else None
+        return x.new_zeros(B, dtype=acc_dtype(x.dtype))
+    chunk = element_chunk(backend, B, E)  # the kernels' work split too, additive or not
+    ld_part = x.new_empty(B, cdiv(E, chunk), dtype=acc_dtype(x.dtype)) if affine else None
     launch(kernel, backend, x=x, y=y, h=h, ld_part=ld_part, B=B, C=C, Ca=ca, HW=H * W, chunk=chunk, affine=affine)
-    return ld_part.sum(1) if affine else ld
+    return ld_part.sum(1) if affine else x.new_zeros(B, dtype=acc_dtype(x.dtype))
 
 
 def affine_coupling_fwd(x: Tensor, h: Tensor, affine: bool, backend: str) -> Tuple[Tensor, Tensor]:

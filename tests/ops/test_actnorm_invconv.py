@@ -80,14 +80,17 @@ def test_actnorm_invconv_given_logdet_and_partial_outputs(backend, device, dtype
 
 
 @pytest.mark.parametrize("backend,device,dtype", list(op_cases()))
-def test_actnorm_invconv_backward_from_the_input(backend, device, dtype):
-    """ops.actnorm_invconv_backward gives the reference's gradients (x, s, b, W, log|det W|) without a forward."""
+@pytest.mark.parametrize("layout", ["rows", "columns"])
+def test_actnorm_invconv_backward_from_the_input(backend, device, dtype, layout):
+    """ops.actnorm_invconv_backward gives the reference's gradients (x, s, b, W, log|det W|) without a forward, also
+    for a column-major W (a QR factor, as InvConv1x1's init used to be: the kernels read rows)."""
     B, C, H, W = 2, 5, 3, 4
     pdt = torch.float64 if dtype == torch.float64 else torch.float32
     x64 = rand(B, C, H, W, dtype=torch.float64, device=device, requires_grad=True)
     s64 = (torch.rand(C, dtype=torch.float64, device=device) + 0.5).requires_grad_(True)
     b64 = rand(C, dtype=torch.float64, device=device, requires_grad=True)
-    W64 = rand(C, C, dtype=torch.float64, device=device, requires_grad=True)
+    W64 = rand(C, C, dtype=torch.float64, device=device)
+    W64 = (W64 if layout == "rows" else W64.t().contiguous().t()).requires_grad_(True)
     ldw64 = torch.tensor(0.3, dtype=torch.float64, device=device, requires_grad=True)
     dy, dld = rand(B, C, H, W, dtype=torch.float64, device=device), rand(B, dtype=torch.float64, device=device)
     y, ld = ops.actnorm_invconv_ref(x64, s64, b64, W64, ldw64)
