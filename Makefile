@@ -4,7 +4,9 @@ PYTHON ?= python3
 TORCH  ?= torch==2.13.0
 VENV   := .venv
 BIN    := $(VENV)/bin
-DEPS   := "triton>=3.0" numpy tqdm pytest pytest-benchmark matplotlib "imageio>=2.31" "av>=11" pillow
+# FrEIA and normflows: the packages flowkern.compat's adapters are tested and benchmarked against
+DEPS   := "triton>=3.0" numpy tqdm pytest pytest-benchmark matplotlib "imageio>=2.31" "av>=11" pillow \
+          FrEIA==0.2 normflows==1.7.3
 
 .PHONY: test bench install clean
 

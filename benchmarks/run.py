@@ -21,6 +21,7 @@ import bench_actnorm_invconv  # noqa: E402
 import bench_affine_coupling  # noqa: E402
 import bench_kernel_resources  # noqa: E402
 import bench_channel_affine  # noqa: E402
+import bench_compat  # noqa: E402
 import bench_memory  # noqa: E402
 import bench_models  # noqa: E402
 import bench_video_data  # noqa: E402
@@ -74,7 +75,7 @@ def main(argv=None):
                    help="leave glibc malloc as it is (by default the CPU run keeps freed memory, see "
                         "flowkern.memory.keep_freed_cpu_memory)")
     p.add_argument("--only", nargs="*", default=None,
-                   choices=["ops", "train", "depth", "clip", "large", "data", "roofline", "resources"])
+                   choices=["ops", "train", "depth", "clip", "large", "data", "compat", "roofline", "resources"])
     args = p.parse_args(argv)
 
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
@@ -96,7 +97,7 @@ def main(argv=None):
         env["copy_bandwidth_GBps"] = bandwidth / 1e9
     budget = args.memory_budget * 10**9 if args.memory_budget else default_budget(device)
     compile_baseline = not args.no_compile and suite != "smoke"
-    want = set(args.only or ["ops", "train", "depth", "clip", "large", "data", "roofline"])
+    want = set(args.only or ["ops", "train", "depth", "clip", "large", "data", "compat", "roofline"])
     print(f"flowkern benchmarks: {env['device']} | torch {env['torch']} | triton {env['triton']} | suite {suite}",
           flush=True)
 
@@ -109,7 +110,7 @@ def main(argv=None):
     sections = {}
     total = (len(OP_BENCHMARKS) * fused_op_bench.count(device, suite) if "ops" in want else 0) + (
         bench_models.count(suite) if "train" in want else 0) + len({"depth", "clip", "large"} & want) + (
-        bench_video_data.count(suite) if "data" in want else 0)
+        bench_video_data.count(suite) if "data" in want else 0) + (bench_compat.count(suite) if "compat" in want else 0)
     with tqdm(total=total, desc="benchmarks", unit="case") as bar:
         if "ops" in want:
             sections["Fused ops"] = [row for bench in OP_BENCHMARKS for row in bench.run(
@@ -136,6 +137,9 @@ def main(argv=None):
             bar.update(1)
         if "data" in want:
             sections["Video loader (VideoFolder, mp4 clips)"] = bench_video_data.run(suite, progress=bar)
+        if "compat" in want:  # each adapter against the code it stands in for; skipped where that is not installed
+            for title, rows in bench_compat.sections(device, timer, suite, progress=bar):
+                sections[title] = rows
     if "roofline" in want:  # a model, no timing: costs nothing, so every suite has it
         sections[ROOFLINE] = roofline.run()
     if "resources" in (args.only or ([] if suite == "smoke" else ["resources"])):  # compiles: not in the smoke suite

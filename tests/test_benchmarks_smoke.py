@@ -16,6 +16,10 @@ def test_benchmark_suite_smoke(tmp_path):
     out = str(tmp_path / "smoke")
     sections = run.main(["--suite", "smoke", "--out", out, "--device", "cpu"])
     assert {"Fused ops", "Memory vs depth (one Glow level)", "Video loader (VideoFolder, mp4 clips)"} <= set(sections)
+    compat = [t for t in sections if t.startswith("Compat: ")]
+    assert any("rosinality" in t for t in compat), compat
+    for t in compat:  # each adapter against its original: both ran, peak memory measured
+        assert sections[t] and all(r["original_ms"] > 0 and r["flowkern_ms"] > 0 for r in sections[t]), sections[t]
     assert {row["op"] for row in sections["Fused ops"]} == {"channel_affine", "actnorm_invconv", "affine_coupling"}
     with open(out + ".json") as f:
         data = json.load(f)
