@@ -13,6 +13,7 @@
 #endif
 
 namespace py = pybind11;
+using flowkern::ActNormInvConvParams;
 using flowkern::AffineCouplingParams;
 using flowkern::ChannelAffineParams;
 using flowkern::Device;
@@ -95,8 +96,24 @@ PYBIND11_MODULE(_C, m) {
       .value("HW", &AffineCouplingParams::HW).value("chunk", &AffineCouplingParams::chunk)
       .value("affine", &AffineCouplingParams::affine);
 
+  static ParamsClass<ActNormInvConvParams> ai(m, "ActNormInvConvParams");
+  ai.value("dtype", &flowkern::LaunchParams::dtype).value("nthreads", &flowkern::LaunchParams::nthreads)
+      .value("stream", &flowkern::LaunchParams::stream)
+      .pointer("x", &ActNormInvConvParams::x).pointer("s", &ActNormInvConvParams::s)
+      .pointer("b", &ActNormInvConvParams::b).pointer("W", &ActNormInvConvParams::W)
+      .pointer("ldw", &ActNormInvConvParams::ldw).pointer("y", &ActNormInvConvParams::y)
+      .pointer("ld", &ActNormInvConvParams::ld).pointer("dy", &ActNormInvConvParams::dy)
+      .pointer("dld", &ActNormInvConvParams::dld).pointer("dx", &ActNormInvConvParams::dx)
+      .pointer("ds", &ActNormInvConvParams::ds).pointer("db", &ActNormInvConvParams::db)
+      .pointer("dW", &ActNormInvConvParams::dW).pointer("dldw", &ActNormInvConvParams::dldw)
+      .value("B", &ActNormInvConvParams::B).value("C", &ActNormInvConvParams::C)
+      .value("HW", &ActNormInvConvParams::HW).value("chunk", &ActNormInvConvParams::chunk);
+
   py::module_ cpu = m.def_submodule("cpu", "OpenMP CPU kernels");
   def_kernels<Device::kCPU>(cpu);
+  // CPU only: the GPU backends form actnorm_invconv from channel_affine's kernels (kernels.h)
+  cpu.def("actnorm_invconv_fwd", &flowkern::actnorm_invconv_fwd_cpu, py::call_guard<py::gil_scoped_release>());
+  cpu.def("actnorm_invconv_bwd", &flowkern::actnorm_invconv_bwd_cpu, py::call_guard<py::gil_scoped_release>());
 #ifdef FLOWKERN_WITH_CUDA
   m.attr("with_cuda") = true;
   py::module_ cu = m.def_submodule("cuda", "CUDA kernels, launched on params.stream");

@@ -72,6 +72,34 @@ struct AffineCouplingParams : LaunchParams {
   bool affine = true;
 };
 
+// actnorm_invconv (CPU): ActNorm then the invertible 1x1 conv, y = W diag(s) (x + b) per pixel, with its parameter
+// algebra in the kernel (A = W diag(s), c = A b), so one call does a whole pass: the GPU backends run channel_affine's
+// kernels with that algebra in torch ops instead. s, b, W, ldw, ld and the parameter gradients are in the
+// accumulation type (float64 for float64 data, else float32).
+//   fwd: y = A x + c;  ld[n] = HW * (sum_j log|s[j]| + ldw[0])
+//   bwd (from the input x): dx = A^T dy (dy may be null: dx is not written, dA = dc = 0); dA = sum dy x^T + dc b^T,
+//        dc = sum dy, g = HW * sum_n dld[n] (dld may be null: g = 0);
+//        ds[j] += sum_i dA[i,j] W[i,j] + g / s[j];  db += A^T dc;  dW += dA diag(s);  dldw[0] += g
+//        (accumulated, like channel_affine's dA: the caller zeroes them, a split batch adds up)
+struct ActNormInvConvParams : LaunchParams {
+  const void* x = nullptr;   // (B, C, HW)
+  const void* s = nullptr;   // (C,)
+  const void* b = nullptr;   // (C,)
+  const void* W = nullptr;   // (C, C)
+  const void* ldw = nullptr; // scalar: log|det W| per pixel                fwd
+  void* y = nullptr;         // (B, C, HW) out                              fwd
+  void* ld = nullptr;        // (B,) out                                    fwd
+  const void* dy = nullptr;  // (B, C, HW) or null                          bwd
+  const void* dld = nullptr; // (B,) or null                                bwd
+  void* dx = nullptr;        // (B, C, HW) out (unless dy is null)          bwd
+  void* ds = nullptr;        // (C,) accumulated                            bwd
+  void* db = nullptr;        // (C,) accumulated                            bwd
+  void* dW = nullptr;        // (C, C) accumulated                          bwd
+  void* dldw = nullptr;      // scalar, accumulated                         bwd
+  int64_t B = 0, C = 0, HW = 0;
+  int64_t chunk = 0;         // pixels per partial of dA, dc (as channel_affine's) bwd
+};
+
 // Every kernel: 0 on success, else an error code (CUDA: the launch's cudaError_t; CPU: 1 = unsupported dtype,
 // 2 = invalid sizes). CUDA kernels launch asynchronously on p.stream.
 template <Device D> int channel_affine_fwd(const ChannelAffineParams& p);
@@ -79,6 +107,8 @@ template <Device D> int channel_affine_bwd(const ChannelAffineParams& p);
 template <Device D> int affine_coupling_fwd(const AffineCouplingParams& p);
 template <Device D> int affine_coupling_inv(const AffineCouplingParams& p);
 template <Device D> int affine_coupling_bwd(const AffineCouplingParams& p);
+int actnorm_invconv_fwd_cpu(const ActNormInvConvParams& p);  // CPU only (see above)
+int actnorm_invconv_bwd_cpu(const ActNormInvConvParams& p);
 
 // Largest C the CUDA channel_affine kernels take. Above 32 channels FMA-only kernels cannot keep up with memory in
 // fp32 (C = 96 would need more than the H100's FMA peak at copy bandwidth): larger C runs on the Triton kernel,

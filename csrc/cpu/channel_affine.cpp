@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "cpu/common.h"
@@ -16,29 +17,68 @@ constexpr int64_t kTile = 256;  // pixels per tile: C x kTile floats stay in L1/
 
 // out[i, 0:np] = bias[i] + sum_j M(i, j) * in[j, 0:np], rows of `in`/`out` strided by HW.
 // M(i, j) = M[i*C + j], or M[j*C + i] when `transposed`.
-// Register blocking: a 4-row x 16-pixel accumulator block stays in vector registers across the whole j loop, so
-// each FMA needs ~1 load (the x row segment is reused by 4 rows); the ragged edges take a plain path.
+// Register blocking: a 4- or 6-row x 16-pixel accumulator block stays in vector registers across the whole j loop, so
+// each x load feeds 4-6 FMAs; the ragged edges take a plain path.
+// 8 floats, loaded and stored unaligned: gcc keeps arrays of them in vector registers (ymm in the AVX2 clone, pairs of
+// xmm in the baseline one), which plain arrays with `omp simd` did not guarantee.
+typedef float v8f __attribute__((vector_size(32), aligned(4)));
+
+// The float main block: RB rows x 16 pixels of accumulators (2*RB vectors) live in registers across the j loop.
+template <int RB>
+FK_INLINE void affine_block_f32(const float* in, const float* M, const float* bias, float* out, int64_t C, int64_t HW,
+                                int64_t i0, int64_t p0, bool transposed) {
+  v8f acc[RB][2];
+  for (int r = 0; r < RB; ++r) {
+    const float b0 = bias ? bias[i0 + r] : 0.0f;
+    acc[r][0] = acc[r][1] = v8f{b0, b0, b0, b0, b0, b0, b0, b0};
+  }
+  const int64_t row = transposed ? 1 : C, col = transposed ? C : 1;  // M(i, j) = M[i*row + j*col]
+  for (int64_t j = 0; j < C; ++j) {
+    const v8f x0 = *reinterpret_cast<const v8f*>(in + j * HW + p0);
+    const v8f x1 = *reinterpret_cast<const v8f*>(in + j * HW + p0 + 8);
+    for (int r = 0; r < RB; ++r) {
+      const float a = M[(i0 + r) * row + j * col];
+      acc[r][0] += a * x0;
+      acc[r][1] += a * x1;
+    }
+  }
+  for (int r = 0; r < RB; ++r) {
+    *reinterpret_cast<v8f*>(out + (i0 + r) * HW + p0) = acc[r][0];
+    *reinterpret_cast<v8f*>(out + (i0 + r) * HW + p0 + 8) = acc[r][1];
+  }
+}
+
 template <typename T>
 FK_INLINE void affine_tile(const T* in, const T* M, const T* bias, T* out, int64_t C, int64_t HW, int64_t np,
                            bool transposed) {
-  constexpr int64_t RB = 4, PB = 16;
+  constexpr int64_t PB = 16;
   auto m = [&](int64_t i, int64_t j) { return transposed ? M[j * C + i] : M[i * C + j]; };
+  // float: 6-row blocks where C allows (12 accumulators + 2 x vectors + 1 broadcast fill the 16 ymm registers),
+  // else 4; double (tests) takes the plain loop with 4-row blocks.
+  const int64_t RB = (std::is_same_v<T, float> && C % 6 == 0) ? 6 : 4;
   const int64_t np_full = np - np % PB, C_full = C - C % RB;
   for (int64_t p0 = 0; p0 < np_full; p0 += PB) {
     for (int64_t i0 = 0; i0 < C_full; i0 += RB) {
-      T acc[RB][PB];
-      for (int64_t r = 0; r < RB; ++r)
-        for (int64_t p = 0; p < PB; ++p) acc[r][p] = bias ? bias[i0 + r] : T(0);
-      for (int64_t j = 0; j < C; ++j) {
-        const T* xj = in + j * HW + p0;
-        T a[RB];
-        for (int64_t r = 0; r < RB; ++r) a[r] = m(i0 + r, j);
-        for (int64_t r = 0; r < RB; ++r)
+      if constexpr (std::is_same_v<T, float>) {
+        if (RB == 6)
+          affine_block_f32<6>(in, M, bias, out, C, HW, i0, p0, transposed);
+        else
+          affine_block_f32<4>(in, M, bias, out, C, HW, i0, p0, transposed);
+      } else {
+        T acc[4][PB];
+        for (int64_t r = 0; r < 4; ++r)
+          for (int64_t p = 0; p < PB; ++p) acc[r][p] = bias ? bias[i0 + r] : T(0);
+        for (int64_t j = 0; j < C; ++j) {
+          const T* xj = in + j * HW + p0;
+          for (int64_t r = 0; r < 4; ++r) {
+            const T a = m(i0 + r, j);
 #pragma omp simd
-          for (int64_t p = 0; p < PB; ++p) acc[r][p] += a[r] * xj[p];
+            for (int64_t p = 0; p < PB; ++p) acc[r][p] += a * xj[p];
+          }
+        }
+        for (int64_t r = 0; r < 4; ++r)
+          for (int64_t p = 0; p < PB; ++p) out[(i0 + r) * HW + p0 + p] = acc[r][p];
       }
-      for (int64_t r = 0; r < RB; ++r)
-        for (int64_t p = 0; p < PB; ++p) out[(i0 + r) * HW + p0 + p] = acc[r][p];
     }
   }
   // edges: the last C % RB rows for the full pixel blocks, then every row for the last np % PB pixels
@@ -60,11 +100,32 @@ FK_INLINE void affine_tile(const T* in, const T* M, const T* bias, T* out, int64
 }
 
 // dA[i, j] += sum_p dy[i, p] x[j, p] and dc[i] += sum_p dy[i, p] over np pixels (rows strided by HW).
-// A small GEMM: 4 x 2 output blocks with 8-pixel vector accumulators in registers (6 loads per 8 FMAs instead of
-// 2 loads per FMA), one horizontal sum per entry per call. Fixed order: deterministic.
+// A small GEMM: output blocks with 8-pixel vector accumulators in registers (float 3 x 4: 7 loads per 12 FMAs;
+// double 4 x 2), one horizontal sum per entry per call. Fixed order: deterministic.
+// float: 3 x 4 output blocks of v8f accumulators (12 registers, + 3 dy vectors + 1 x vector = 16): 7 loads per 12 FMAs.
+FK_INLINE void outer_block_f32(const float* const (&dyr)[3], const float* const (&xr)[4], float (&out)[3][4],
+                               int64_t np_full) {
+  v8f acc[3][4] = {};
+  for (int64_t p0 = 0; p0 < np_full; p0 += 8) {
+    v8f d[3];
+    for (int r = 0; r < 3; ++r) d[r] = *reinterpret_cast<const v8f*>(dyr[r] + p0);
+    for (int q = 0; q < 4; ++q) {
+      const v8f xv = *reinterpret_cast<const v8f*>(xr[q] + p0);
+      for (int r = 0; r < 3; ++r) acc[r][q] += d[r] * xv;
+    }
+  }
+  for (int r = 0; r < 3; ++r)
+    for (int q = 0; q < 4; ++q) {
+      float t = 0;
+      for (int v = 0; v < 8; ++v) t += acc[r][q][v];
+      out[r][q] = t;
+    }
+}
+
 template <typename T>
 FK_INLINE void accumulate_outer(const T* dy, const T* x, T* dA, T* dc, int64_t C, int64_t HW, int64_t np) {
-  constexpr int64_t IB = 4, JB = 2, V = 8;
+  constexpr bool kF32 = std::is_same_v<T, float>;
+  constexpr int64_t IB = kF32 ? 3 : 4, JB = kF32 ? 4 : 2, V = 8;
   const int64_t np_full = np - np % V;
   for (int64_t i = 0; i < C; ++i) {
     const T* dyi = dy + i * HW;
@@ -77,20 +138,29 @@ FK_INLINE void accumulate_outer(const T* dy, const T* x, T* dA, T* dc, int64_t C
     const int64_t ni = std::min(IB, C - i0);
     for (int64_t j0 = 0; j0 < C; j0 += JB) {
       const int64_t nj = std::min(JB, C - j0);
-      T acc[IB][JB][V] = {};
       const T* dyr[IB];
       const T* xr[JB];
       for (int64_t r = 0; r < IB; ++r) dyr[r] = dy + std::min(i0 + r, C - 1) * HW;  // clamped rows are discarded
       for (int64_t q = 0; q < JB; ++q) xr[q] = x + std::min(j0 + q, C - 1) * HW;
-      for (int64_t p0 = 0; p0 < np_full; p0 += V)
-        for (int64_t r = 0; r < IB; ++r)
-          for (int64_t q = 0; q < JB; ++q)
+      T sums[IB][JB];
+      if constexpr (kF32) {
+        outer_block_f32(dyr, xr, sums, np_full);
+      } else {
+        T acc[IB][JB][V] = {};
+        for (int64_t p0 = 0; p0 < np_full; p0 += V)
+          for (int64_t r = 0; r < IB; ++r)
+            for (int64_t q = 0; q < JB; ++q)
 #pragma omp simd
-            for (int64_t v = 0; v < V; ++v) acc[r][q][v] += dyr[r][p0 + v] * xr[q][p0 + v];
+              for (int64_t v = 0; v < V; ++v) acc[r][q][v] += dyr[r][p0 + v] * xr[q][p0 + v];
+        for (int64_t r = 0; r < IB; ++r)
+          for (int64_t q = 0; q < JB; ++q) {
+            sums[r][q] = 0;
+            for (int64_t v = 0; v < V; ++v) sums[r][q] += acc[r][q][v];
+          }
+      }
       for (int64_t r = 0; r < ni; ++r)
         for (int64_t q = 0; q < nj; ++q) {
-          T d = 0;
-          for (int64_t v = 0; v < V; ++v) d += acc[r][q][v];
+          T d = sums[r][q];
           for (int64_t p = np_full; p < np; ++p) d += dyr[r][p] * xr[q][p];
           dA[(i0 + r) * C + j0 + q] += d;
         }

@@ -2,8 +2,10 @@
 
     actnorm_invconv(x, s, b, W) = W diag(s) (x + b)   per pixel,   logdet = H*W*(sum log|s| + log|det W|)
 
-It has no kernel of its own: it runs channel_affine (ops/channel_affine.py) with A = W diag(s) and c = A b, so a Glow
-step's linear part is one read and one write of x. Inverse: x = A^-1 y - b.
+On the GPU backends it runs channel_affine's kernels (ops/channel_affine.py) with A = W diag(s) and c = A b formed in
+torch ops; on the CPU its own kernels (csrc/cpu/actnorm_invconv.cpp) form A, c, the logdet and the parameter gradients
+around channel_affine's, one call per pass (at Glow-step sizes a dozen small torch ops cost as much as the pass).
+Either way a Glow step's linear part is one read and one write of x. Inverse: x = A^-1 y - b.
 
     actnorm_invconv_ref       the unfused pure-torch reference
     actnorm_invconv           the public op (forward), actnorm_invconv_inverse its inverse,
@@ -17,9 +19,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from flowkern.ops.channel_affine import (channel_affine, channel_affine_bwd, channel_affine_bwd_ref, channel_affine_fwd,
-                                         channel_affine_fwd_op, channel_affine_ref, max_channels)
+                                         channel_affine_fwd_op, channel_affine_ref, max_channels, pixel_chunk)
 from flowkern.ops.checks import acc_dtype, check_nchw, check_same_device, check_shape, needs_grad, no_autocast
-from flowkern.ops.dispatch import pick_backend
+from flowkern.ops.dispatch import launch, pick_backend
 
 
 def actnorm_invconv_ref(x: Tensor, s: Tensor, b: Tensor, W: Tensor,
@@ -62,11 +64,43 @@ def actnorm_invconv(x: Tensor, s: Tensor, b: Tensor, W: Tensor,
         logdet_w = torch.linalg.slogdet(W.double())[1]
     if needs_grad(x, s, b, W, logdet_w) and not torch.compiler.is_compiling():
         return ActNormInvConvFunction.apply(x.contiguous(), s, b, W, logdet_w, backend)
+    if backend == "cpu" and not torch.compiler.is_compiling():
+        return _cpu_fwd(x.contiguous(), s, b, W, logdet_w)
     acc = acc_dtype(x.dtype)  # torch.compile traces these ops and the registered channel_affine op
     with no_autocast(x):  # the flow's algebra stays fp32 under autocast
         A = (W.to(acc) * s.to(acc)).contiguous()  # W diag(s); the product keeps W's layout, the kernel needs rows
         y = channel_affine_fwd_op(x.contiguous(), A, (A @ b.to(acc)).contiguous(), backend)
     return y, _logdet(x, s, W, logdet_w)
+
+
+def _acc(t: Tensor, acc: torch.dtype) -> Tensor:
+    return t if t.dtype == acc and t.is_contiguous() else t.to(acc).contiguous()
+
+
+def _cpu_fwd(x: Tensor, s: Tensor, b: Tensor, W: Tensor, logdet_w: Tensor) -> Tuple[Tensor, Tensor]:
+    """The CPU kernel's forward: the parameter algebra and the pass over x in one call (csrc/cpu/actnorm_invconv.cpp)."""
+    B, C, H, W_ = x.shape
+    acc = acc_dtype(x.dtype)
+    y, ld = torch.empty_like(x), x.new_empty(B, dtype=acc)
+    if x.numel():
+        launch("actnorm_invconv_fwd", "cpu", x=x, s=_acc(s.detach(), acc), b=_acc(b.detach(), acc),
+               W=_acc(W.detach(), acc), ldw=_acc(logdet_w.detach(), acc), y=y, ld=ld, B=B, C=C, HW=H * W_)
+    else:
+        ld = _logdet(x, s.detach(), W.detach(), logdet_w.detach())
+    return y, ld
+
+
+def _cpu_bwd(x: Tensor, dy: Optional[Tensor], dld: Optional[Tensor], s: Tensor, b: Tensor, W: Tensor):
+    """The CPU kernel's backward from the input: (dx or None, ds, db, dW, dlogdet_w), see _backward."""
+    B, C, H, W_ = x.shape
+    acc = acc_dtype(x.dtype)
+    grads = torch.zeros(2 * C + C * C + 1, dtype=acc)  # the kernel accumulates into ds, db, dW, dlogdet_w
+    ds, db, dW, g = grads[:C], grads[C:2 * C], grads[2 * C:-1].view(C, C), grads[-1]
+    dx = None if dy is None else torch.empty_like(x)
+    launch("actnorm_invconv_bwd", "cpu", x=x, s=_acc(s, acc), b=_acc(b, acc), W=_acc(W, acc), dy=dy,
+           dld=None if dld is None else _acc(dld, acc), dx=dx, ds=ds, db=db, dW=dW, dldw=g, B=B, C=C, HW=H * W_,
+           chunk=pixel_chunk("cpu", B, H * W_))
+    return dx, ds, db, dW, g
 
 
 class ActNormInvConvFunction(torch.autograd.Function):
@@ -77,11 +111,15 @@ class ActNormInvConvFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, s, b, W, logdet_w, backend):
         acc = acc_dtype(x.dtype)
-        with no_autocast(x):  # the flow's algebra stays in fp32 (or fp64) under autocast
-            s_, b_, W_ = s.to(acc), b.to(acc), W.to(acc)
-            A = (W_ * s_).contiguous()  # W diag(s); the product keeps W's layout, the kernel needs rows
-            y = channel_affine_fwd(x, A, A @ b_, backend)
-            ld = _logdet(x, s_, W_, logdet_w)
+        if backend == "cpu":  # algebra and pass in one kernel call
+            y, ld = _cpu_fwd(x, s, b, W, logdet_w)
+            A = None
+        else:
+            with no_autocast(x):  # the flow's algebra stays in fp32 (or fp64) under autocast
+                s_, b_, W_ = s.to(acc), b.to(acc), W.to(acc)
+                A = (W_ * s_).contiguous()  # W diag(s); the product keeps W's layout, the kernel needs rows
+                y = channel_affine_fwd(x, A, A @ b_, backend)
+                ld = _logdet(x, s_, W_, logdet_w)
         ctx.save_for_backward(x, s, b, W, A)
         ctx.backend = backend
         ctx.dtypes = (s.dtype, b.dtype, W.dtype, logdet_w.dtype)
@@ -102,6 +140,8 @@ def _backward(x, dy, dld, s, b, W, A, backend, differentiable=False):
     """(dx, ds, db, dW, dlogdet_w) of y = W diag(s) (x + b) and logdet = H*W*(sum log|s| + log|det W|) from x, the
     gradients dy and dld (either may be None), in closed form around the channel_affine backward. A = W diag(s) if
     already formed. differentiable: torch ops only, so that autograd can differentiate the result again."""
+    if backend == "cpu" and not differentiable and x.numel():
+        return _cpu_bwd(x, None if dy is None else dy.contiguous(), dld, s.detach(), b.detach(), W.detach())
     acc = acc_dtype(x.dtype)
     s, b, W = s.to(acc), b.to(acc), W.to(acc)
     with no_autocast(x):

@@ -22,11 +22,13 @@ from flowkern import _ext, backend as _backend
 from flowkern.ops.checks import needs_grad
 
 # The params struct of each op (csrc/kernels.h); a kernel's op is its name without the pass: channel_affine_fwd.
-_PARAMS = {"channel_affine": "ChannelAffineParams", "affine_coupling": "AffineCouplingParams"}
+_PARAMS = {"channel_affine": "ChannelAffineParams", "affine_coupling": "AffineCouplingParams",
+           "actnorm_invconv": "ActNormInvConvParams"}
 # The fields of each op's params that hold one row per sample: a batch split slices them. The others (matrices,
 # reductions the kernels accumulate into, GPU scratch reused launch after launch on one stream) pass whole.
 _PER_SAMPLE = {"channel_affine": ("x", "y", "dy", "dx"),
-               "affine_coupling": ("x", "y", "h", "ld_part", "dy", "dld", "dx", "dh")}
+               "affine_coupling": ("x", "y", "h", "ld_part", "dy", "dld", "dx", "dh"),
+               "actnorm_invconv": ("x", "y", "ld", "dy", "dld", "dx")}
 # Samples per launch: a GPU grid axis other than x holds at most 65535 blocks.
 MAX_LAUNCH_BATCH = 65535
 
@@ -86,17 +88,16 @@ def _launch(kernel: str, backend: str, params: dict) -> None:
         with device_guard(x):
             fn(SimpleNamespace(**params))
         return
-    for name, value in params.items():  # tensors as data pointers, None as null
-        if isinstance(value, torch.Tensor):
-            params[name] = value.data_ptr()
-        elif value is None:
-            params[name] = 0
+    # Tensors as data pointers, None as null. `params` keeps holding the tensors until the kernel returns: a caller
+    # may pass a temporary (a dtype conversion) whose only reference is here.
+    args = {name: (value.data_ptr() if isinstance(value, torch.Tensor) else 0 if value is None else value)
+            for name, value in params.items()}
     if backend == "cpu":
-        code = fn(params_struct(dtype=_ext.DTYPE_CODES[x.dtype], nthreads=torch.get_num_threads(), **params))
+        code = fn(params_struct(dtype=_ext.DTYPE_CODES[x.dtype], nthreads=torch.get_num_threads(), **args))
     else:
         with device_guard(x):
             stream = torch.cuda.current_stream(x.device).cuda_stream
-            code = fn(params_struct(dtype=_ext.DTYPE_CODES[x.dtype], stream=stream, **params))
+            code = fn(params_struct(dtype=_ext.DTYPE_CODES[x.dtype], stream=stream, **args))
     _ext.check(code, kernel, backend)
 
 

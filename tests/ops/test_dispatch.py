@@ -124,17 +124,21 @@ def test_flowkern_backend_environment_variable(value, ok):
 
 
 def _all_passes(backend, device, B, C=6, H=3, W=5, seed=0):
-    """Outputs and gradients of every kernel pass (channel_affine fwd/bwd, affine_coupling fwd/inv/bwd) at batch B."""
+    """Outputs and gradients of every kernel pass (channel_affine fwd/bwd, affine_coupling fwd/inv/bwd,
+    actnorm_invconv fwd/bwd) at batch B: [y, z, ld, back, ld_inv, u, ld_u, dx, dh, dA, dc, ds, db, dW]."""
     g = torch.Generator().manual_seed(seed)
     r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64).float().to(device)  # noqa: E731
     x, h = r(B, C, H, W).requires_grad_(True), r(B, C, H, W).requires_grad_(True)
     A, c = r(C, C).requires_grad_(True), r(C).requires_grad_(True)
+    s, b, Wm = (r(C).abs() + 0.5).requires_grad_(True), r(C).requires_grad_(True), r(C, C).requires_grad_(True)
     with flowkern.use_backend(backend):
         y = ops.channel_affine(x, A, c)
         z, ld = ops.affine_coupling(y, h)
         back, ld_inv = ops.affine_coupling_inverse(z.detach(), h.detach())
-    loss = (z * r(*z.shape)).sum() + (ld * r(B)).sum()
-    return [y.detach(), z.detach(), ld.detach(), back, ld_inv] + list(torch.autograd.grad(loss, [x, A, c, h]))
+        u, ld_u = ops.actnorm_invconv(z, s, b, Wm, torch.zeros((), device=device))
+    loss = (u * r(*u.shape)).sum() + (ld * r(B)).sum() + (ld_u * r(B)).sum()
+    return ([y.detach(), z.detach(), ld.detach(), back, ld_inv, u.detach(), ld_u.detach()]
+            + list(torch.autograd.grad(loss, [x, h, A, c, s, b, Wm])))
 
 
 @pytest.mark.parametrize("backend,device", kernel_backends())
@@ -149,7 +153,7 @@ def test_batches_above_the_launch_limit_are_split(backend, device, monkeypatch):
     split = _all_passes(backend, device, B=5)
     assert calls and set(calls) == {2, 1}, calls
     for i, (a, b) in enumerate(zip(whole, split)):
-        if i in (6, 7):  # dA, dc
+        if i >= 9:  # dA, dc, ds, db, dW: sums over the batch, grouped by launch
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
         else:
             assert torch.equal(a, b), i
