@@ -77,16 +77,17 @@ def _acc(t: Tensor, acc: torch.dtype) -> Tensor:
     return t if t.dtype == acc and t.is_contiguous() else t.to(acc).contiguous()
 
 
+# The CPU kernels' passes. Their callers run without autograd recording (no grad needed, inside an autograd.Function,
+# or on detached parameters): the parameters go to the kernel as they are, or converted, never detached (an op each).
 def _cpu_fwd(x: Tensor, s: Tensor, b: Tensor, W: Tensor, logdet_w: Tensor) -> Tuple[Tensor, Tensor]:
     """The CPU kernel's forward: the parameter algebra and the pass over x in one call (csrc/cpu/actnorm_invconv.cpp)."""
     B, C, H, W_ = x.shape
     acc = acc_dtype(x.dtype)
+    if not x.numel():
+        return torch.empty_like(x), _logdet(x, s, W, logdet_w)
     y, ld = torch.empty_like(x), x.new_empty(B, dtype=acc)
-    if x.numel():
-        launch("actnorm_invconv_fwd", "cpu", x=x, s=_acc(s.detach(), acc), b=_acc(b.detach(), acc),
-               W=_acc(W.detach(), acc), ldw=_acc(logdet_w.detach(), acc), y=y, ld=ld, B=B, C=C, HW=H * W_)
-    else:
-        ld = _logdet(x, s.detach(), W.detach(), logdet_w.detach())
+    launch("actnorm_invconv_fwd", "cpu", x=x, s=_acc(s, acc), b=_acc(b, acc), W=_acc(W, acc),
+           ldw=_acc(logdet_w, acc), y=y, ld=ld, B=B, C=C, HW=H * W_)
     return y, ld
 
 
@@ -94,8 +95,9 @@ def _cpu_bwd(x: Tensor, dy: Optional[Tensor], dld: Optional[Tensor], s: Tensor, 
     """The CPU kernel's backward from the input: (dx or None, ds, db, dW, dlogdet_w), see _backward."""
     B, C, H, W_ = x.shape
     acc = acc_dtype(x.dtype)
-    grads = torch.zeros(2 * C + C * C + 1, dtype=acc)  # the kernel accumulates into ds, db, dW, dlogdet_w
-    ds, db, dW, g = grads[:C], grads[C:2 * C], grads[2 * C:-1].view(C, C), grads[-1]
+    # the kernel accumulates into ds, db, dW, dlogdet_w
+    ds, db, dW, g = x.new_zeros(C, dtype=acc), x.new_zeros(C, dtype=acc), x.new_zeros(C, C, dtype=acc), \
+        x.new_zeros((), dtype=acc)
     dx = None if dy is None else torch.empty_like(x)
     launch("actnorm_invconv_bwd", "cpu", x=x, s=_acc(s, acc), b=_acc(b, acc), W=_acc(W, acc), dy=dy,
            dld=None if dld is None else _acc(dld, acc), dx=dx, ds=ds, db=db, dW=dW, dldw=g, B=B, C=C, HW=H * W_,
@@ -141,7 +143,7 @@ def _backward(x, dy, dld, s, b, W, A, backend, differentiable=False):
     gradients dy and dld (either may be None), in closed form around the channel_affine backward. A = W diag(s) if
     already formed. differentiable: torch ops only, so that autograd can differentiate the result again."""
     if backend == "cpu" and not differentiable and x.numel():
-        return _cpu_bwd(x, None if dy is None else dy.contiguous(), dld, s.detach(), b.detach(), W.detach())
+        return _cpu_bwd(x, None if dy is None else dy.contiguous(), dld, s, b, W)
     acc = acc_dtype(x.dtype)
     s, b, W = s.to(acc), b.to(acc), W.to(acc)
     with no_autocast(x):
