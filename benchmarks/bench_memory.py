@@ -208,7 +208,7 @@ def large_image(device, suite):
 
 
 def glow_batch64(device, suite):
-    """The reversible-backprop issue's workload: a 3-level, 32-step, hidden-512 Glow on 64x64x3 at batch 64."""
+    """A large-image training workload: a 3-level, 32-step, hidden-512 Glow on 64x64x3 at batch 64."""
     if suite == "smoke":
         return []
     plain, rev = glow_memory(3, 32, 512, 64, 64, device)

@@ -50,7 +50,7 @@ H100_TF32_FLOPS = 494.7e12
 H100_TF32X3_FLOPS = H100_TF32_FLOPS / 3  # three TF32 MMAs (hi*hi + hi*lo + lo*hi) per fp32 product
 H100_HBM_PEAK = 3.35e12
 # What benchmarks/timing.copy_bandwidth measures on an H100 SXM (bytes read + bytes written by a 1 GiB
-# device-to-device copy), ~90% of the HBM3 peak (issue 14). Pass a GPU run's env["copy_bandwidth_GBps"] to run().
+# device-to-device copy), ~90% of the HBM3 peak. Pass a GPU run's env["copy_bandwidth_GBps"] to run().
 H100_COPY_BANDWIDTH = 3.0e12
 
 DTYPE_BYTES = 4  # fp32 data

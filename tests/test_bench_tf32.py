@@ -1,4 +1,4 @@
-"""The GPU baselines are fair (issue 14): on CUDA every candidate is timed with TF32 off and the eager reference
+"""The GPU baselines are fair: on CUDA every candidate is timed with TF32 off and the eager reference
 once more with TF32 on; the settings are restored; on CPU nothing changes. Runs on CPU with a stand-in timer (the
 TF32 switches exist in every torch build); no timing."""
 import os

@@ -1,5 +1,5 @@
 """The host side of a FlowStep: how many torch ops one step dispatches, and the parameter-derived tensors it forms once
-per parameter version (issue: the GPU kernels at VideoFlow sizes take microseconds, each host-side op as long)."""
+per parameter version (the GPU kernels at VideoFlow sizes take microseconds, each host-side op as long)."""
 import collections
 
 import torch

@@ -1,4 +1,4 @@
-"""Compile-only GPU checks (issue 14), no GPU needed: every Triton launch config the dispatch can pick and every CUDA
+"""Compile-only GPU checks, no GPU needed: every Triton launch config the dispatch can pick and every CUDA
 kernel, compiled for sm_80 and sm_90, must not spill registers, must not run a float32 dot in plain TF32, must fit
 the arch's shared memory and must keep at least one block resident per SM. Skips (with the reason) only when a
 compiler is missing. The first run compiles everything (minutes on 2 cores); Triton's cache makes reruns fast."""
