@@ -129,7 +129,8 @@ print(f"flowkern: building with CUDA={'yes (' + NVCC + ', archs ' + ';'.join(ARC
       file=sys.stderr)
 
 setup(
-    packages=["flowkern", "flowkern.ops", "flowkern.ops.triton", "flowkern.nn", "flowkern.models"],
+    packages=["flowkern", "flowkern.ops", "flowkern.ops.triton", "flowkern.nn", "flowkern.compat",
+              "flowkern.models"],
     package_dir={"flowkern.models": "models"},
     ext_modules=[ext],
     cmdclass={"build_ext": BuildExt},

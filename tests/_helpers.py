@@ -28,12 +28,14 @@ def kernel_backends():
 
 
 def randomize_(module: torch.nn.Module, scale: float = 0.1) -> torch.nn.Module:
-    """Move every parameter off its (often trivial) init, so tests see a non-identity flow."""
+    """Move every learnable floating-point parameter off its (often trivial) init, so tests see a non-identity flow
+    (integer parameters, such as FrEIA's stored permutations, stay), and mark every ActNorm initialised."""
     with torch.no_grad():
         for p in module.parameters():
-            p.add_(scale * torch.randn_like(p))
+            if p.requires_grad and p.is_floating_point():
+                p.add_(scale * torch.randn_like(p))
     for m in module.modules():
-        if isinstance(m, flowkern.ActNorm2d):
+        if hasattr(m, "mark_initialized"):
             m.mark_initialized()
     return module
 

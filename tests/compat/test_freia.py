@@ -4,6 +4,7 @@ import copy
 
 import pytest
 import torch
+from _helpers import randomize_
 
 pytest.importorskip("FrEIA", reason="FrEIA is an optional test dependency (pip install FrEIA)")
 
@@ -11,27 +12,6 @@ import FrEIA.framework as Ff  # noqa: E402
 import FrEIA.modules as Fm  # noqa: E402
 
 from flowkern.compat.freia import GlowStep  # noqa: E402
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These models are tiny: one thread, so a loaded machine's oversubscribed threads do not slow them tenfold."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-def _randomize(model, scale=0.2):
-    """Every learnable parameter off its (often identity) init; ActNorm marked initialised."""
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.requires_grad and p.is_floating_point():
-                p.add_(scale * torch.randn_like(p))
-    for m in model.modules():
-        if hasattr(m, "mark_initialized"):
-            m.mark_initialized()
-    return model
 
 
 def _log_abs_det_brute(f, x):
@@ -116,7 +96,7 @@ def test_sequence_inn_trains_and_inverts():
 
 def test_sequence_inn_log_jacobian_matches_brute_force():
     torch.manual_seed(1)
-    inn = _randomize(_sequence(4, 2, 2)).double()
+    inn = randomize_(_sequence(4, 2, 2), 0.2).double()
     x = torch.randn(1, 4, 2, 2, dtype=torch.float64)
     z, jac = inn(x)
     torch.testing.assert_close(jac, _log_abs_det_brute(lambda v: inn(v)[0], x).view(1), rtol=1e-9, atol=1e-9)
@@ -139,7 +119,7 @@ def test_graph_inn_trains_inverts_and_log_jacobian():
     torch.testing.assert_close(x_rev, x, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(jac_rev, -jac, rtol=1e-4, atol=1e-3)
 
-    tiny = _randomize(_graph(4, 2, 2)).double()
+    tiny = randomize_(_graph(4, 2, 2), 0.2).double()
     x = torch.randn(1, 4, 2, 2, dtype=torch.float64)
     _, jac = tiny(x)
     torch.testing.assert_close(jac, _log_abs_det_brute(lambda v: tiny(v)[0], x).view(1), rtol=1e-9, atol=1e-9)
@@ -161,7 +141,7 @@ def test_conditional_sequence_inn():
     torch.testing.assert_close(jac_rev, -jac, rtol=1e-4, atol=1e-3)
     assert not torch.allclose(z_other, z)  # the condition is used
 
-    tiny = _randomize(_sequence(4, 2, 2, cond_shapes=[(2, 2, 2), (3,)])).double()
+    tiny = randomize_(_sequence(4, 2, 2, cond_shapes=[(2, 2, 2), (3,)]), 0.2).double()
     x = torch.randn(1, 4, 2, 2, dtype=torch.float64)
     c = [torch.randn(1, 2, 2, 2, dtype=torch.float64, requires_grad=True),
          torch.randn(1, 3, dtype=torch.float64, requires_grad=True)]
@@ -173,7 +153,7 @@ def test_conditional_sequence_inn():
 
 def test_conditional_graph_inn():
     torch.manual_seed(4)
-    tiny = _randomize(_graph(4, 2, 2, cond_shape=(3, 2, 2))).double()
+    tiny = randomize_(_graph(4, 2, 2, cond_shape=(3, 2, 2)), 0.2).double()
     x = torch.randn(1, 4, 2, 2, dtype=torch.float64)
     c = torch.randn(1, 3, 2, 2, dtype=torch.float64)
     z, jac = tiny(x, c=[c])
@@ -188,7 +168,7 @@ def test_reversible_block_gradients_match_plain(conditional):
     """reversible=True changes how backward is computed, not what: same loss and gradients as plain autograd."""
     torch.manual_seed(5)
     shapes = [(2, 4, 4), (3,)] if conditional else []
-    plain = _randomize(_sequence(4, 4, 4, cond_shapes=shapes, reversible=False), 0.1).double()
+    plain = randomize_(_sequence(4, 4, 4, cond_shapes=shapes, reversible=False), 0.1).double()
     rev = copy.deepcopy(plain)
     for m in rev.modules():
         if isinstance(m, GlowStep):

@@ -5,6 +5,7 @@ import copy
 
 import pytest
 import torch
+from _helpers import randomize_
 
 pytest.importorskip("normflows", reason="normflows is an optional test dependency (pip install normflows)")
 
@@ -13,24 +14,10 @@ import normflows as nf  # noqa: E402
 from flowkern.compat.normflows import GlowBlock, convert_glow_blocks  # noqa: E402
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These models are tiny: one thread, so a loaded machine's oversubscribed threads do not slow them tenfold."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def _randomize(model, scale=0.2):
-    """Every learnable parameter off its (often identity) init; ActNorms marked initialised."""
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.requires_grad and p.is_floating_point():
-                p.add_(scale * torch.randn_like(p))
+    """randomize_, and normflows' own ActNorms marked initialised too."""
+    randomize_(model, scale)
     for m in model.modules():
-        if hasattr(m, "mark_initialized"):
-            m.mark_initialized()
         if hasattr(m, "data_dep_init_done"):  # normflows' ActNorm
             m.data_dep_init_done = torch.tensor(1.0)
     return model

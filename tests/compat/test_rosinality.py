@@ -29,15 +29,6 @@ CONFIGS = [
 FILTER = 16
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These models are tiny: one thread, so a loaded machine's oversubscribed threads do not slow them tenfold."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def _id(cfg):
     c, h, w, k, L, affine, lu = cfg
     return f"c{c}-{h}x{w}-K{k}-L{L}-{'affine' if affine else 'additive'}-{'lu' if lu else 'plain'}"
