@@ -73,25 +73,27 @@ def time_tf32_off(timer, candidates: dict, device: str, baseline: str = "eager")
     return t
 
 
-def run(op, case, device, timer, suite="quick", compile_baseline=True, progress=None, bandwidth=None):
+def run(op, case, device, timer, suite="quick", compile_baseline=True, progress=None, bandwidth=None, backend="auto",
+        shape_list=None):
     """Yield one result row per (shape, pass) of `op`. case(shape, device, dtype) returns (inputs, reference, fused,
-    bytes moved by the forward, bytes moved by forward + backward)."""
-    for shape in shapes(device, suite):
+    bytes moved by the forward, bytes moved by forward + backward). backend: the flowkern backend to time ("auto", or a
+    forced "cuda" / "triton" / "cpu"); shape_list: the shapes (default: the suite's)."""
+    for shape in shape_list or shapes(device, suite):
         inputs, ref, fused, fwd_bytes, fb_bytes = case(shape, device, torch.float32)
         outs = ref(*inputs)
         grads = [torch.randn_like(o) for o in (outs if isinstance(outs, tuple) else (outs,))]
         compiled = torch.compile(ref, dynamic=False) if compile_baseline else None
         for pass_name, wrap, nbytes in (("fwd", lambda f: fwd(f, inputs), fwd_bytes),
                                         ("fwd+bwd", lambda f: fwd_bwd(f, inputs, grads), fb_bytes)):
-            candidates = {"eager": _with_backend("torch", wrap(ref)), "flowkern": _with_backend("auto", wrap(fused))}
+            candidates = {"eager": _with_backend("torch", wrap(ref)), "flowkern": _with_backend(backend, wrap(fused))}
             if compiled is not None:
                 candidates["compiled"] = _with_backend("torch", wrap(compiled))
             t = time_tf32_off(timer, candidates, device)
-            with flowkern.use_backend("auto"):
-                backend = flowkern.backend.resolve(inputs[0])
+            with flowkern.use_backend(backend):
+                resolved = flowkern.backend.resolve(inputs[0])
             t_fk = t["flowkern"]
             row = {"bench": "op", "op": op, "shape": "x".join(map(str, shape)), "pass": pass_name,
-                   "backend": backend, "eager_ms": 1e3 * t["eager"], "flowkern_ms": 1e3 * t_fk,
+                   "backend": resolved, "eager_ms": 1e3 * t["eager"], "flowkern_ms": 1e3 * t_fk,
                    "speedup_vs_eager": t["eager"] / t_fk}
             if compiled is not None:
                 row.update(compiled_ms=1e3 * t["compiled"], speedup_vs_compiled=t["compiled"] / t_fk)

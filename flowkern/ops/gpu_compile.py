@@ -210,11 +210,49 @@ def _compile_env():
     os.environ["TRITON_INTERPRET"] = "0"
 
 
+def _probe_dot(precision: str) -> List[str]:
+    from flowkern.ops.triton.precision_probe import probe_dot_kernel
+
+    config = LaunchConfig(probe_dot_kernel, {"a_ptr": "*fp32", "c_ptr": "*fp32"}, {"PRECISION": precision}, 4, None,
+                          precision)
+    return dot_precisions(compile_triton(config, 90).asm["ttir"])
+
+
+def probe_dot_precisions(precisions=("ieee", "tf32", "tf32x3")) -> Dict[str, List[str]]:
+    """{precision: what dot_precisions reads back} for a float32 dot compiled with each input precision on the
+    installed Triton, in a fresh process with the interpreter off: checks the parser (MLIR omits a default-valued
+    attribute) against this Triton."""
+    _triton_bin("ptxas")
+    with concurrent.futures.ProcessPoolExecutor(1, initializer=_compile_env,
+                                                mp_context=multiprocessing.get_context("spawn")) as pool:
+        return dict(zip(precisions, pool.map(_probe_dot, precisions)))
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # CUDA
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-CUDA_DIR = os.path.join(ROOT, "csrc", "cuda")
+def source_root() -> str:
+    """The flowkern source checkout holding csrc/ and setup.py: FLOWKERN_SOURCE_DIR, else the folder above this
+    module (an editable install), else the current folder or one above it (a test run from the checkout, with
+    flowkern installed elsewhere). A plain installed package ships no csrc/: then SourcesMissing."""
+    here = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    candidates = [os.environ.get("FLOWKERN_SOURCE_DIR"), here]
+    d = os.getcwd()
+    while True:
+        candidates.append(d)
+        if os.path.dirname(d) == d:
+            break
+        d = os.path.dirname(d)
+    for root in candidates:
+        if root and os.path.exists(os.path.join(root, "csrc", "kernels.h")) and os.path.exists(
+                os.path.join(root, "setup.py")):
+            return root
+    raise SourcesMissing("flowkern's CUDA sources (csrc/) are not here: run from a source checkout or set "
+                         "FLOWKERN_SOURCE_DIR")
+
+
+class SourcesMissing(CompilerMissing):
+    """The CUDA sources are not reachable (an installed package run from outside its checkout)."""
 
 # Dynamic shared memory of each kernel that uses it: the launcher's expression, verbatim (checked against the
 # source, so an edit there fails here instead of drifting), evaluated at the largest C the kernel serves.
@@ -238,7 +276,7 @@ def _find_nvcc() -> str:
 
 def _nvcc_flags() -> List[str]:
     """setup.py's NVCC_FLAGS (read, not imported: importing setup.py runs the build), without its -gencode list."""
-    tree = ast.parse(open(os.path.join(ROOT, "setup.py")).read())
+    tree = ast.parse(open(os.path.join(source_root(), "setup.py")).read())
     for node in tree.body:
         if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "NVCC_FLAGS" for t in node.targets):
             return ast.literal_eval(node.value)
@@ -247,11 +285,11 @@ def _nvcc_flags() -> List[str]:
 
 def _ptxas_log(nvcc: str, source: str, arch: int) -> str:
     """nvcc's ptxas -v report for one .cu file, cached by the sources, flags, arch and nvcc version."""
-    cmd = [nvcc, "-cubin", f"-arch=sm_{arch}", "-I", os.path.join(ROOT, "csrc"), *_nvcc_flags(), "-Xptxas", "-v",
-           source, "-o", os.devnull]
+    csrc = os.path.join(source_root(), "csrc")
+    cmd = [nvcc, "-cubin", f"-arch=sm_{arch}", "-I", csrc, *_nvcc_flags(), "-Xptxas", "-v", source, "-o", os.devnull]
     key = hashlib.sha256(" ".join(cmd).encode())
     key.update(subprocess.run([nvcc, "--version"], capture_output=True, text=True).stdout.encode())
-    for folder in (CUDA_DIR, os.path.join(ROOT, "csrc")):
+    for folder in (os.path.join(csrc, "cuda"), csrc):
         for name in sorted(os.listdir(folder)):
             if name.endswith((".cu", ".cuh", ".h")):
                 key.update(open(os.path.join(folder, name), "rb").read())
@@ -321,11 +359,13 @@ def cuda_resources(arch: int) -> List[Dict[str, Any]]:
     """One row per kernel in csrc/cuda/*.cu compiled for sm_<arch>: ptxas registers, spills and static shared memory,
     plus the launcher's block size and dynamic shared memory (at the largest C the kernel serves)."""
     nvcc = _find_nvcc()
+    csrc = os.path.join(source_root(), "csrc")
     max_channels = int(re.search(r"kCudaMaxChannels = (\d+);",
-                                 open(os.path.join(ROOT, "csrc", "kernels.h")).read()).group(1))
+                                 open(os.path.join(csrc, "kernels.h")).read()).group(1))
     rows = []
-    for file in sorted(f for f in os.listdir(CUDA_DIR) if f.endswith(".cu")):
-        source = os.path.join(CUDA_DIR, file)
+    cuda_dir = os.path.join(csrc, "cuda")
+    for file in sorted(f for f in os.listdir(cuda_dir) if f.endswith(".cu")):
+        source = os.path.join(cuda_dir, file)
         text = open(source).read()
         # ptxas prints, per kernel: "Function properties for <mangled>", its stack/spill line, "Used N registers..."
         found = re.findall(r"Function properties for (\S+)\s+(\d+) bytes stack frame, (\d+) bytes spill stores, "
