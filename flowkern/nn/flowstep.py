@@ -30,8 +30,12 @@ class FlowStep(nn.Module):
     def _affine_params(self):
         return (self.actnorm.log_scale, self.actnorm.bias) + tuple(self.invconv.parameters())
 
-    def _needs_param_grad(self) -> bool:
-        return torch.is_grad_enabled() and any(p.requires_grad for p in self._affine_params())
+    def _use_derived(self) -> bool:
+        """Whether a call can take the cached derived tensors: no parameter gradient needed, and not traced by
+        torch.compile (a compiled graph forms them itself; the cache's key reads version counters)."""
+        if torch.compiler.is_compiling():
+            return False
+        return not (torch.is_grad_enabled() and any(p.requires_grad for p in self._affine_params()))
 
     @torch.no_grad()
     def derived(self, dtype: torch.dtype, inverse: bool = False) -> dict:
@@ -58,7 +62,7 @@ class FlowStep(nn.Module):
     def _affine(self, x):
         """ActNorm + 1x1 conv: (x', logdet)."""
         self.actnorm.maybe_initialize(x)
-        if not self._needs_param_grad():
+        if self._use_derived():
             d = self.derived(ops.acc_dtype(x.dtype))
             return ops.channel_affine(x, d["A"], d["c"]), self._logdet(x, d)
         return ops.actnorm_invconv(x, self.actnorm.scale(), self.actnorm.bias, self.invconv.weight(),
@@ -70,7 +74,7 @@ class FlowStep(nn.Module):
 
     def _affine_inverse(self, y):
         """Inverse of ActNorm + 1x1 conv: (x, logdet)."""
-        if not self._needs_param_grad():
+        if self._use_derived():
             d = self.derived(ops.acc_dtype(y.dtype), inverse=True)
             return ops.channel_affine(y, d["A_inv"], d["nb"]), self._logdet(y, d, -1.0)
         an, ic = self.actnorm, self.invconv

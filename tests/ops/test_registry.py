@@ -55,3 +55,24 @@ def test_flowstep_compiles_fullgraph_without_breaks():
     torch.compile(step, fullgraph=True, backend=lambda gm, ex: graphs.append(gm) or gm.forward)(x)
     targets = {str(n.target) for gm in graphs for n in gm.graph.nodes if n.op == "call_function"}
     assert "flowkern.channel_affine_fwd.default" in targets and "flowkern.affine_coupling_fwd.default" in targets
+
+
+def test_flowstep_compiles_fullgraph_without_grad():
+    """Sampling and evaluation compile too: without grad the eager step uses its cached parameter-derived tensors,
+    which a traced call must not touch (their cache key reads version counters)."""
+    torch._dynamo.reset()
+    step = flowkern.FlowStep(6, hidden=16).eval()
+    with torch.no_grad():
+        for p in step.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    step.actnorm.mark_initialized()
+    x = torch.randn(2, 6, 8, 8)
+    flowkern.set_backend("auto")
+    with torch.no_grad():
+        y_e, ld_e = step(x)
+        y_c, ld_c = torch.compile(step, fullgraph=True, backend="aot_eager")(x)
+        x_c, ld_inv = torch.compile(step.inverse, fullgraph=True, backend="aot_eager")(y_e)
+    torch.testing.assert_close(y_c, y_e, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(ld_c, ld_e, atol=1e-5, rtol=1e-6)
+    torch.testing.assert_close(x_c, x, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ld_inv, -ld_e, atol=1e-5, rtol=1e-6)
