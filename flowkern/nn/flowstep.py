@@ -47,7 +47,9 @@ class FlowStep(nn.Module):
         # a module.to() swaps a parameter's storage without moving its version: the data pointer tells
         key = (dtype,) + tuple((id(p), p.data_ptr(), p._version) for p in params)
         an, ic = self.actnorm, self.invconv
-        with no_autocast(an.bias):  # exact flow algebra, also when called under autocast
+        # exact flow algebra, also when called under autocast; normal tensors, also under inference_mode (a later
+        # call with grad for the input may save them for backward, which inference tensors refuse)
+        with no_autocast(an.bias), torch.inference_mode(False):
             if self._derived_key != key:
                 s, W, b = an.scale().to(dtype), ic.weight().to(dtype), an.bias.to(dtype)
                 A = (W * s).contiguous()  # W diag(s)

@@ -131,3 +131,22 @@ def test_flowstep_training_step_captures_in_a_cuda_graph():
     g_ref = torch.autograd.grad((y_ref.square().sum() + ld_ref.sum()), [x] + list(step.parameters()))
     for a, b in zip(g, g_ref):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_derived_tensors_from_inference_mode_serve_a_later_input_gradient():
+    # Evaluate under inference_mode, then take the gradient of the frozen flow's output w.r.t. its input (saliency,
+    # adversarial inputs): the cached tensors must be usable by autograd.
+    step = _step()
+    for p in step.parameters():
+        p.requires_grad_(False)
+    x = torch.randn(2, 12, 4, 4)
+    with torch.inference_mode():
+        y_inf, _ = step(x)
+    xg = x.clone().requires_grad_(True)
+    y, ld = step(xg)
+    (g,) = torch.autograd.grad(y.square().sum(), [xg])
+    with flowkern.use_backend("torch"):
+        xr = x.clone().requires_grad_(True)
+        (g_ref,) = torch.autograd.grad(step(xr)[0].square().sum(), [xr])
+    torch.testing.assert_close(y.detach(), y_inf)
+    torch.testing.assert_close(g, g_ref, rtol=1e-5, atol=1e-5)
