@@ -48,8 +48,9 @@ class FlowStep(nn.Module):
         key = (dtype,) + tuple((id(p), p.data_ptr(), p._version) for p in params)
         an, ic = self.actnorm, self.invconv
         # exact flow algebra, also when called under autocast; normal tensors, also under inference_mode (a later
-        # call with grad for the input may save them for backward, which inference tensors refuse)
-        with no_autocast(an.bias), torch.inference_mode(False):
+        # call with grad for the input may save them for backward, which inference tensors refuse); and no graph:
+        # inference_mode(False) turns grad mode back on, so no_grad comes after it
+        with no_autocast(an.bias), torch.inference_mode(False), torch.no_grad():
             if self._derived_key != key:
                 s, W, b = an.scale().to(dtype), ic.weight().to(dtype), an.bias.to(dtype)
                 A = (W * s).contiguous()  # W diag(s)

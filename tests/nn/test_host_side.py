@@ -71,6 +71,8 @@ def test_derived_tensors_formed_once_per_parameter_version():
     formed = {"aten.mm.default", "aten.linalg_solve_triangular.default", "aten.diag_embed.default", "aten.mv.default"}
     assert formed & set(first.ops), first.ops
     assert not formed & set(again.ops), again.ops
+    # and the cache holds plain values: no autograd graph kept alive between calls
+    assert not any(t.requires_grad for t in step.derived(torch.float32, inverse=True).values())
 
 
 def test_derived_tensors_follow_parameter_changes():
