@@ -32,13 +32,19 @@ def test_every_kernel_has_a_registered_op():
         assert hasattr(flowkern._ext._C.cpu, name), name
 
 
-def test_flowstep_compiles_fullgraph_without_breaks():
-    torch._dynamo.reset()
+def _random_step():
+    """A FlowStep off its identity init, ActNorm initialised, in eval mode."""
     step = flowkern.FlowStep(6, hidden=16).eval()
     with torch.no_grad():
         for p in step.parameters():
             p.add_(0.05 * torch.randn_like(p))
     step.actnorm.mark_initialized()
+    return step
+
+
+def test_flowstep_compiles_fullgraph_without_breaks():
+    torch._dynamo.reset()
+    step = _random_step()
     x = torch.randn(2, 6, 8, 8, requires_grad=True)
     flowkern.set_backend("auto")  # CPU kernels
     y_e, ld_e = step(x)
@@ -61,11 +67,7 @@ def test_flowstep_compiles_fullgraph_without_grad():
     """Sampling and evaluation compile too: without grad the eager step uses its cached parameter-derived tensors,
     which a traced call must not touch (their cache key reads version counters)."""
     torch._dynamo.reset()
-    step = flowkern.FlowStep(6, hidden=16).eval()
-    with torch.no_grad():
-        for p in step.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    step.actnorm.mark_initialized()
+    step = _random_step()
     x = torch.randn(2, 6, 8, 8)
     flowkern.set_backend("auto")
     with torch.no_grad():
