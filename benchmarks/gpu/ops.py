@@ -8,7 +8,6 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the benchmarks folder
 
-import torch  # noqa: E402
 
 import bench_actnorm_invconv  # noqa: E402
 import bench_affine_coupling  # noqa: E402
