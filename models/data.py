@@ -28,17 +28,23 @@ def _shape_mask(kind: str, cy: float, cx: float, r: float, size: int) -> np.ndar
 
 
 class StochasticMovement(Dataset):
-    """The Stochastic Movement dataset (Babaeizadeh et al. 2017, used by VideoFlow): on a gray 64x64 background, a
-    circle, square or triangle of random colour and size starts at the centre and moves in one of 8 directions at
-    constant speed. Item i is a deterministic function of (seed, i)."""
+    """The Stochastic Movement dataset (Babaeizadeh et al. 2017, used by VideoFlow): on a gray background, a circle,
+    square or triangle of random colour and size starts at the centre and moves in one of 8 directions at constant
+    speed. Item i is a deterministic function of (seed, i). Speed and radii default to the 64x64 values (4 pixels per
+    frame, radius 4-10) scaled by size / 64, so a smaller frame shows the same motion."""
 
-    def __init__(self, num_videos: int = 10000, frames: int = 3, size: int = 64, speed: float = 4.0, seed: int = 0,
-                 min_radius: float = 4.0, max_radius: float = 10.0, colors: int = 8):
+    def __init__(self, num_videos: int = 10000, frames: int = 3, size: int = 64, speed: Optional[float] = None,
+                 seed: int = 0, min_radius: Optional[float] = None, max_radius: Optional[float] = None,
+                 colors: int = 8):
         _check_int("StochasticMovement", "num_videos", num_videos, minimum=0)
         _check_int("StochasticMovement", "frames", frames)
         _check_int("StochasticMovement", "size", size)
         _check_int("StochasticMovement", "colors", colors)
         _check_int("StochasticMovement", "seed", seed, minimum=0)  # numpy's seeds are non-negative
+        scale = size / 64
+        speed = 4.0 * scale if speed is None else speed
+        min_radius = 4.0 * scale if min_radius is None else min_radius
+        max_radius = 10.0 * scale if max_radius is None else max_radius
         if not 0 < min_radius <= max_radius:
             raise ValueError(f"StochasticMovement: expected 0 < min_radius <= max_radius, got {min_radius}, "
                              f"{max_radius}")
@@ -48,6 +54,8 @@ class StochasticMovement(Dataset):
         rng = np.random.default_rng(12345)
         self.palette = rng.integers(0, 256, size=(colors, 3))
 
+    background = 128
+
     def __len__(self):
         return self.num_videos
 
@@ -56,17 +64,26 @@ class StochasticMovement(Dataset):
         return dict(kind=SHAPES[rng.integers(3)], color=self.palette[rng.integers(len(self.palette))],
                     radius=float(rng.uniform(self.min_radius, self.max_radius)), direction=int(rng.integers(8)))
 
-    def __getitem__(self, i: int) -> torch.Tensor:
+    def position(self, i: int, t: float):
+        """(y, x) of clip i's object centre at time t (frame index; any real t)."""
+        dx, dy = DIRECTIONS[self.params(i)["direction"]]
+        c = self.size / 2
+        return c + dy * self.speed * t, c + dx * self.speed * t
+
+    def render(self, i: int, times: Sequence[float]) -> torch.Tensor:
+        """Clip i's object drawn at the given times: uint8 (len(times), 3, size, size). render(i, range(frames)) is
+        clip i; other times give the counterfactual frames the motion tests compare (reversed, static)."""
         if not 0 <= i < self.num_videos:
             raise IndexError(f"StochasticMovement: index {i} out of range for {self.num_videos} videos")
         p = self.params(i)
-        dx, dy = DIRECTIONS[p["direction"]]
-        video = np.full((self.frames, self.size, self.size, 3), 128, dtype=np.uint8)
-        c = self.size / 2
-        for t in range(self.frames):
-            mask = _shape_mask(p["kind"], c + dy * self.speed * t, c + dx * self.speed * t, p["radius"], self.size)
-            video[t][mask] = p["color"]
+        video = np.full((len(times), self.size, self.size, 3), self.background, dtype=np.uint8)
+        for k, t in enumerate(times):
+            cy, cx = self.position(i, t)
+            video[k][_shape_mask(p["kind"], cy, cx, p["radius"], self.size)] = p["color"]
         return torch.from_numpy(video).permute(0, 3, 1, 2).contiguous()
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return self.render(i, range(self.frames))
 
 
 def _digit_glyphs(height: int) -> List[np.ndarray]:

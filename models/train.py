@@ -33,9 +33,11 @@ from tqdm import tqdm
 
 import flowkern
 from flowkern.models.data import StochasticMovement, StochasticMovingDigits, VideoFolder
+from flowkern.models.motion import continuation_accuracy
 from flowkern.models.video_io import to_uint8_frames, write_grid, write_video
 from flowkern.models.videoflow import CONFIGS, VideoFlow, VideoFlowConfig
 from flowkern.memory import keep_freed_cpu_memory
+from flowkern.nn.coupling import COUPLING_NETS
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -43,7 +45,8 @@ def make_datasets(args, cfg):
     """(train, held-out) datasets of uint8 clips (T, C, H, W)."""
     kind = args.data
     if kind == "shapes":
-        mk = lambda seed, n: StochasticMovement(n, frames=args.frames, size=cfg.image_size, seed=seed)  # noqa: E731
+        mk = lambda seed, n: StochasticMovement(n, frames=args.frames, size=cfg.image_size,  # noqa: E731
+                                                speed=getattr(args, "speed", None), seed=seed)
     elif kind == "digits":
         mk = lambda seed, n: StochasticMovingDigits(n, frames=args.frames, size=cfg.image_size, seed=seed,  # noqa
                                                     channels=cfg.in_channels)
@@ -70,6 +73,19 @@ def batch_at(dataset, sampler, step, batch_size):
     sampler.set_epoch(epoch)
     idx = list(sampler)[i * batch_size:(i + 1) * batch_size]
     return torch.stack([dataset[j] for j in idx])
+
+
+def random_windows(clips, window, seed, step, rank):
+    """A random `window`-frame stretch of each clip (the reference's training windows); a function of (seed, step,
+    rank). window None: the whole clips."""
+    if window is None:
+        return clips
+    T = clips.shape[1]
+    if window > T:
+        raise UsageError(f"--window {window}: expected at most --frames ({T})")
+    g = torch.Generator().manual_seed(hash((seed, step, rank, 1)) % (2**63))
+    starts = torch.randint(0, T - window + 1, (clips.shape[0],), generator=g).tolist()
+    return torch.stack([c[s:s + window] for c, s in zip(clips, starts)])
 
 
 def dequantize(clips, n_bits, seed, step, rank, device):
@@ -214,14 +230,25 @@ def model_from_checkpoint(state, path):
 
 
 FLAG_OF_FIELD = {"levels": "--levels", "steps": "--flow-steps", "hidden": "--hidden", "context": "--context",
-                 "n_bits": "--n-bits", "image_size": "--image-size", "recompute_chunk": "--recompute-chunk"}
+                 "n_bits": "--n-bits", "image_size": "--image-size", "recompute_chunk": "--recompute-chunk",
+                 "skip": "--skip", "affine": "--coupling", "coupling_net": "--coupling-net",
+                 "pad_context": "--pad-context"}
 
 
 def resolve_config(args) -> VideoFlowConfig:
     """The model config: --config with the command line's overrides."""
     overrides = {"levels": args.levels, "steps": args.flow_steps, "hidden": args.hidden, "context": args.context,
-                 "n_bits": args.n_bits, "image_size": args.image_size, "recompute_chunk": args.recompute_chunk}
+                 "n_bits": args.n_bits, "image_size": args.image_size, "recompute_chunk": args.recompute_chunk,
+                 "skip": args.skip, "affine": None if args.coupling is None else args.coupling == "affine",
+                 "coupling_net": args.coupling_net, "pad_context": args.pad_context}
     cfg = dataclasses.replace(CONFIGS[args.config], **{k: v for k, v in overrides.items() if v is not None})
+    T = args.window or args.frames
+    if args.window is not None and args.window > args.frames:
+        raise UsageError(f"--window {args.window}: expected at most --frames ({args.frames})")
+    first = 1 if cfg.pad_context else cfg.context
+    if args.targets_only and T <= first:
+        raise UsageError(f"--targets-only: {T}-frame training clips have no frame after the first {first} "
+                         f"(context): use longer clips (--frames/--window), a shorter --context, or --no-targets-only")
     if cfg.image_size % 2 ** cfg.levels:  # each level halves the frame
         raise UsageError(f"--image-size: expected a multiple of {2 ** cfg.levels} (2 ** levels, levels "
                          f"{cfg.levels}), got {cfg.image_size}")
@@ -276,7 +303,7 @@ def evaluate(model, dataset, args, cfg, device, rank, world):
     for i in range(0, len(idx), args.batch_size):
         clips = torch.stack([dataset[j] for j in idx[i:i + args.batch_size]])
         video = dequantize(clips, cfg.n_bits, args.seed + 7, -1, i, device)  # fixed noise: comparable evals
-        bpp = model.bits_per_pixel(video, from_frame=min(cfg.context, video.shape[1] - 1))
+        bpp = model.bits_per_pixel(video, from_frame=min(model.first_conditioned, video.shape[1] - 1))
         total += bpp.double().sum()
         count += bpp.numel()
     if world > 1:
@@ -286,6 +313,23 @@ def evaluate(model, dataset, args, cfg, device, rank, world):
     if count.item() == 0:  # never log a perfect score of nothing
         raise RuntimeError("evaluate: no held-out clip was evaluated")
     return (total / count).item()
+
+
+def motion_measurable(dataset, args) -> bool:
+    """Continuation accuracy needs Stochastic Movement clips of at least 3 frames (2 given, 1 sampled)."""
+    return isinstance(dataset, StochasticMovement) and args.frames >= 3
+
+
+def continuation_accuracy_of(model, dataset, args) -> float:
+    """flowkern.models.motion's continuation accuracy (frame 3 sampled after frames 1-2) on the first --eval-clips
+    held-out clips at --temperature; the same sampling noise at every evaluation."""
+    model.eval()
+    try:
+        return continuation_accuracy(model, dataset, list(range(min(len(dataset), args.eval_clips))), c=2,
+                                     temperature=args.temperature, seed=args.seed + 11,
+                                     batch_size=args.batch_size)["continuation_accuracy"]
+    finally:
+        model.train()
 
 
 @torch.no_grad()
@@ -310,7 +354,7 @@ def write_samples(model, dataset, args, cfg, device, tag):
 
 # ---------------------------------------------------------------------------------------------- training
 INIT_FRAMES = 8  # frames per clip of the batch ActNorm initialises from
-LOG_HEADER = ["step", "train_bpp", "lr", "grad_norm", "skipped", "eval_bpp", "seconds"]
+LOG_HEADER = ["step", "train_bpp", "lr", "grad_norm", "skipped", "eval_bpp", "seconds", "continuation_acc"]
 RUN_FILES = ("checkpoint.pt", "metrics.csv")  # an --out holding one of these holds a run
 RUN_FOLDERS = ("samples", "tb")
 
@@ -363,6 +407,23 @@ def _start_log(path, start):
     atomic_write(path, write)
 
 
+def learning_rate(args, done):
+    """Linear warm-up to --lr over --warmup steps; from --decay-from on, linear decay to --lr * --decay-to at
+    --steps."""
+    lr = args.lr * min(1.0, done / max(1, args.warmup))
+    if args.decay_from is not None and done > args.decay_from:
+        frac = min(1.0, (done - args.decay_from) / max(1, args.steps - args.decay_from))
+        lr *= 1.0 - (1.0 - args.decay_to) * frac
+    return lr
+
+
+def target_frames(args, model) -> int:
+    """The first frame the loss counts: with --targets-only, the frames the latent prior network predicts (after
+    the first `context`, or after the first with pad_context), as the reference trains; else 0 (every frame)."""
+    T = args.window or args.frames
+    return min(model.first_conditioned, T - 1) if args.targets_only else 0
+
+
 def _due(done, every):
     return every > 0 and done % every == 0
 
@@ -397,7 +458,7 @@ def train(args):
     torch.manual_seed(args.seed)
     try:
         model = (model_from_checkpoint(resume, ckpt_path) if resume else VideoFlow(cfg)).to(device)
-        opt = torch.optim.Adam(model.parameters(), lr=args.lr)
+        opt = torch.optim.Adam(model.parameters(), lr=args.lr, betas=tuple(args.adam_betas), eps=args.adam_eps)
         if resume:
             opt.load_state_dict(resume["optimizer"])
     except CheckpointError as e:
@@ -424,24 +485,27 @@ def train(args):
     if resume is None:
         # ActNorm's data-dependent init, on the first batch's first frames without grad: a chain whose init is
         # pending trains with plain autograd, so a long clip's first step would need plain autograd's memory.
-        init = dequantize(batch_at(train_set, sampler, 0, args.batch_size), cfg.n_bits, args.seed, 0, rank, device)
+        init = dequantize(random_windows(batch_at(train_set, sampler, 0, args.batch_size), args.window, args.seed, 0,
+                                         rank), cfg.n_bits, args.seed, 0, rank, device)
         with torch.no_grad():
             model(init[:, :INIT_FRAMES])
     good = _snapshot(model, opt)
     skipped, skipped_here = metrics.get("skipped", 0), 0
     t0 = time.time() - metrics.get("seconds", 0.0)  # the seconds column counts training time across resumes
     D = cfg.in_channels * cfg.image_size ** 2
+    first = target_frames(args, model)
     bar = tqdm(range(start, args.steps), initial=start, total=args.steps, disable=rank != 0, desc="train")
     for step in bar:
         done, last = step + 1, step + 1 == args.steps
-        lr = args.lr * min(1.0, done / max(1, args.warmup))
+        lr = learning_rate(args, done)
         for group in opt.param_groups:
             group["lr"] = lr
-        video = dequantize(batch_at(train_set, sampler, step, args.batch_size), cfg.n_bits, args.seed, step, rank,
-                           device)
+        clips = random_windows(batch_at(train_set, sampler, step, args.batch_size), args.window, args.seed, step, rank)
+        video = dequantize(clips, cfg.n_bits, args.seed, step, rank, device)
         opt.zero_grad(set_to_none=True)
         with _measured(args.measure_memory and step == start and rank == 0, model, video, args) as mem:
-            loss = -ddp(video).mean() / D  # nats per dimension; DDP's hooks run on forward (= log_prob_frames)
+            # nats per dimension of the target frames; DDP's hooks run on forward (= log_prob_frames)
+            loss = -ddp(video)[:, first:].mean() / D
             loss.backward()
         if mem is not None:
             _write_memory_report(os.path.join(args.out, "memory.json"), mem, video, done)
@@ -461,15 +525,19 @@ def train(args):
             model.load_state_dict(good[0])
             opt.load_state_dict(good[1])
         train_bpp = (loss.item() + cfg.n_bits * math.log(2)) / math.log(2)
-        eval_bpp = ""
+        eval_bpp, acc = "", ""
         if last or _due(done, args.eval_every):
             eval_bpp = evaluate(model, eval_set, args, cfg, device, rank, world)
             metrics.setdefault("eval", []).append([done, eval_bpp])
+            if rank == 0 and motion_measurable(eval_set, args):
+                acc = continuation_accuracy_of(model, eval_set, args)
+                metrics.setdefault("continuation", []).append([done, acc])
         metrics["skipped"], metrics["seconds"] = skipped, time.time() - t0
         if rank == 0:
             bar.set_postfix(bpp=f"{train_bpp:.3f}", eval=eval_bpp if eval_bpp == "" else f"{eval_bpp:.3f}")
             writer.writerow([done, f"{train_bpp:.5f}", f"{lr:.3g}", f"{gnorm.item():.4g}", skipped,
-                             eval_bpp if eval_bpp == "" else f"{eval_bpp:.5f}", f"{time.time() - t0:.1f}"])
+                             eval_bpp if eval_bpp == "" else f"{eval_bpp:.5f}", f"{time.time() - t0:.1f}",
+                             acc if acc == "" else f"{acc:.4f}"])
             log.flush()
             if tb:
                 if bool(finite):
@@ -571,6 +639,7 @@ clip_frames = _int_check(lambda v: v >= 2, "an integer >= 2 (context and predict
 n_bits_int = _int_check(lambda v: 1 <= v <= 8, "an integer from 1 to 8")
 positive_float = _float_check(lambda v: v > 0, "a positive number")
 nonnegative_float = _float_check(lambda v: v >= 0, "a non-negative number")
+unit_float = _float_check(lambda v: 0 <= v < 1 or v == 1, "a number from 0 to 1")
 
 
 def data_source(text):
@@ -596,9 +665,21 @@ def parser():
     v.add_argument("--steps", type=positive_int, default=2000, help="total steps (with --resume: counting the "
                                                                      "checkpoint's)")
     v.add_argument("--batch-size", type=positive_int, default=8, help="per process")
-    v.add_argument("--frames", type=clip_frames, default=3, help="frames per training clip (whole clips, not windows)")
+    v.add_argument("--frames", type=clip_frames, default=3, help="frames per clip of the dataset")
+    v.add_argument("--window", type=clip_frames, default=None,
+                   help="train on a random WINDOW-frame stretch of each clip, as the reference does (default: whole "
+                        "clips); held-out evaluation uses whole clips")
+    v.add_argument("--targets-only", action=argparse.BooleanOptionalAction, default=True,
+                   help="the loss counts only the frames after the first `context` (the reference's targets), not "
+                        "the first frames' unconditional likelihood")
     v.add_argument("--lr", type=positive_float, default=3e-4)
     v.add_argument("--warmup", type=nonnegative_int, default=200, help="linear learning-rate warm-up steps (0: none)")
+    v.add_argument("--decay-from", type=nonnegative_int, default=None,
+                   help="decay the learning rate linearly from this step to --lr * --decay-to at --steps")
+    v.add_argument("--decay-to", type=unit_float, default=0.0, help="the final fraction of --lr (with --decay-from)")
+    v.add_argument("--adam-betas", type=unit_float, nargs=2, default=(0.85, 0.997), metavar=("B1", "B2"),
+                   help="Adam's betas (default: the reference's)")
+    v.add_argument("--adam-eps", type=positive_float, default=1e-6, help="Adam's epsilon (default: the reference's)")
     v.add_argument("--clip", type=positive_float, default=50.0, help="gradient-norm clipping")
     v.add_argument("--eval-every", type=every_int, default=200, help="evaluate every N steps (0: only at the end; "
                                                                      "always at the end)")
@@ -611,6 +692,9 @@ def parser():
                                                                      "the end; always at the end)")
     v.add_argument("--num-samples", type=positive_int, default=4)
     v.add_argument("--temperature", type=nonnegative_float, default=0.7)
+    v.add_argument("--speed", type=positive_float, default=None,
+                   help="shapes: pixels the object moves per frame (default: 4 * image size / 64, the paper's motion "
+                        "scaled to the frame)")
     v.add_argument("--train-videos", type=positive_int, default=20000)
     v.add_argument("--eval-videos", type=positive_int, default=256)
     v.add_argument("--seed", type=nonnegative_int, default=0)
@@ -624,6 +708,15 @@ def parser():
     for name in ("levels", "flow-steps", "hidden", "context"):
         v.add_argument(f"--{name}", type=positive_int, default=None, help="override the config's value")
     v.add_argument("--n-bits", type=n_bits_int, default=None, help="override the config's value")
+    v.add_argument("--skip", action=argparse.BooleanOptionalAction, default=None,
+                   help="override the config's latent skip (prior mean = previous latent + delta; the paper has it, "
+                        "the reference code not)")
+    v.add_argument("--coupling", choices=["affine", "additive"], default=None, help="override the config's value")
+    v.add_argument("--pad-context", action=argparse.BooleanOptionalAction, default=None,
+                   help="override the config's value: frames with fewer than --context previous latents use the "
+                        "prior network over a zero-padded window (else the first-frame prior)")
+    v.add_argument("--coupling-net", choices=list(COUPLING_NETS), default=None,
+                   help="override the config's coupling network: glow (ReLU) or gatu (ActNorm + gated units)")
     v.add_argument("--image-size", type=positive_int, default=None,
                    help="override the config's value (a multiple of 2 ** levels)")
     v.add_argument("--recompute-chunk", type=positive_int, default=None,

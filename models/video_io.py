@@ -16,7 +16,7 @@ def to_uint8_frames(video: torch.Tensor, n_bits: int = 8) -> np.ndarray:
     return v.permute(0, 2, 3, 1).contiguous().numpy()
 
 
-def _replace_with(path: str, write) -> None:
+def write_then_rename(path: str, write) -> None:
     """write(tmp) then rename tmp over path; tmp keeps the extension (imageio picks the format by it) and is
     removed on failure."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
@@ -35,9 +35,9 @@ def write_video(path: str, frames: np.ndarray, fps: int = 4) -> None:
     """frames (T, H, W, 3) uint8 -> GIF or MP4 by the path's extension."""
     import imageio.v3 as iio
     if path.lower().endswith(".gif"):
-        _replace_with(path, lambda tmp: iio.imwrite(tmp, frames, duration=1000 // fps, loop=0))
+        write_then_rename(path, lambda tmp: iio.imwrite(tmp, frames, duration=1000 // fps, loop=0))
     else:
-        _replace_with(path, lambda tmp: iio.imwrite(tmp, frames, fps=fps, plugin="pyav", codec="libx264"))
+        write_then_rename(path, lambda tmp: iio.imwrite(tmp, frames, fps=fps, plugin="pyav", codec="libx264"))
 
 
 def write_grid(path: str, videos: np.ndarray, pad: int = 2) -> None:
@@ -49,4 +49,4 @@ def write_grid(path: str, videos: np.ndarray, pad: int = 2) -> None:
         for t in range(T):
             y, x = pad + i * (H + pad), pad + t * (W + pad)
             grid[y:y + H, x:x + W] = videos[i, t]
-    _replace_with(path, lambda tmp: iio.imwrite(tmp, grid))
+    write_then_rename(path, lambda tmp: iio.imwrite(tmp, grid))

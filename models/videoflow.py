@@ -39,11 +39,19 @@ class VideoFlowConfig:
     steps: int = 24
     hidden: int = 512  # coupling network channels
     affine: bool = True
+    coupling_net: str = "glow"  # the couplings' NN: "glow", or "gatu" (the reference: ActNorm + gated units)
     prior_blocks: int = 5
-    prior_channels: int = 256  # residual stream of the 3-D prior network
+    # residual stream of the 3-D prior network; None: the width of its input (latents + conditioning), as in the
+    # reference code (the paper's 256 read literally makes the bair prior 7x the flow's size)
+    prior_channels: Optional[int] = 256
     prior_hidden: int = 512  # first layer of each residual branch
     context: int = 3  # n: how many previous latents the prior looks at
-    skip: bool = True  # temporal skip connection mean = z_{t-1} + delta
+    # frames with 1..n-1 previous latents: False, Glow's split prior (they are the reference's conditioning frames);
+    # True, the same prior over a window zero-padded in front (a causal conv's padding), so frame 2 given frame 1
+    # comes from the network that predicts the later frames
+    pad_context: bool = False
+    skip: bool = True  # temporal skip connection mean = z_{t-1} + delta (the paper); the reference code has it off
+    cond_kernel: int = 1  # the conv taking h_t^(>l) into the prior: 1 (1x1), or 3 (the reference: zero-init 3x3)
     gated: bool = True  # gated activation unit (else ReLU)
     dilations: Tuple[int, ...] = (1, 2, 4)
     n_bits: int = 8
@@ -53,11 +61,22 @@ class VideoFlowConfig:
 
 
 CONFIGS = {
-    # the paper's BAIR setting (appendix E.1): L=3, K=24, affine, 512 coupling channels, 5 blocks x 256, n=3
-    "bair": VideoFlowConfig(),
+    # the paper's BAIR setting (appendix E.1): L=3, K=24, affine, 512 coupling channels, 5 prior blocks, n=3; the
+    # prior's residual stream at its input's width and 512 hidden, as in the reference code
+    "bair": VideoFlowConfig(prior_channels=None, prior_hidden=512, coupling_net="gatu", cond_kernel=3),
     # Stochastic Movement: 64x64 shapes; the paper models frame 2 given frame 1 (n=1)
-    "shapes": VideoFlowConfig(levels=3, steps=8, hidden=128, prior_blocks=2, prior_channels=64, prior_hidden=128,
-                              context=1),
+    # Stochastic Movement at 64x64 as tensor2tensor's next_frame_glow trains it (a GPU config): additive couplings,
+    # no latent skip, K=24 width 512 with gated units, a 10-block prior of width 256, zero-init 3x3 conditioning;
+    # frame 2 given frame 1
+    "shapes": VideoFlowConfig(levels=3, steps=24, hidden=512, affine=False, coupling_net="gatu", skip=False,
+                              prior_blocks=10, prior_channels=None, prior_hidden=256, context=1, cond_kernel=3),
+    # Stochastic Movement at 32x32 for a CPU: small; the paper's latent skip, which is what makes sampled
+    # continuations keep the object (the prior's mean starts at the last latent rather than at zero); two previous
+    # latents, zero-padded for frame 2, so the motion is a local cue (with one, the prior must infer the direction
+    # from where the object is relative to the centre)
+    "shapes-small": VideoFlowConfig(image_size=32, levels=3, steps=4, hidden=64, affine=False, skip=True,
+                                    prior_blocks=2, prior_channels=32, prior_hidden=48, context=2, pad_context=True,
+                                    cond_kernel=3),
     # CPU tests
     "tiny": VideoFlowConfig(image_size=16, levels=2, steps=2, hidden=16, prior_blocks=1, prior_channels=8,
                             prior_hidden=8, context=2),
@@ -70,15 +89,17 @@ def gaussian_logp(z, mean, logs):
 
 
 class _Branch3d(nn.Module):
-    """One dilated branch of a residual block: 2x3x3 conv -> ReLU -> gated unit (1x1x1) -> zero-init 2x3x3 conv."""
+    """One dilated branch of a residual block: 2x3x3 conv -> ReLU -> gated unit (1x1x1) -> zero-init 2x3x3 conv.
+    With a one-latent window (taps=1) the convs are 1x3x3, as in the reference: a second tap would only see padding."""
 
-    def __init__(self, channels: int, hidden: int, dilation: int, gated: bool):
+    def __init__(self, channels: int, hidden: int, dilation: int, gated: bool, taps: int = 2):
         super().__init__()
         d = dilation
-        self.conv1 = nn.Conv3d(channels, hidden, (2, 3, 3), dilation=(1, d, d), padding=(0, d, d))
+        self.taps = taps
+        self.conv1 = nn.Conv3d(channels, hidden, (taps, 3, 3), dilation=(1, d, d), padding=(0, d, d))
         self.gate_a = nn.Conv3d(hidden, hidden, 1)
         self.gate_b = nn.Conv3d(hidden, hidden, 1) if gated else None
-        self.conv3 = nn.Conv3d(hidden, channels, (2, 3, 3), dilation=(1, d, d), padding=(0, d, d))
+        self.conv3 = nn.Conv3d(hidden, channels, (taps, 3, 3), dilation=(1, d, d), padding=(0, d, d))
         for m in (self.conv1, self.gate_a) + ((self.gate_b,) if gated else ()):
             nn.init.normal_(m.weight, 0.0, 0.05)
             nn.init.zeros_(m.bias)
@@ -86,7 +107,7 @@ class _Branch3d(nn.Module):
         nn.init.zeros_(self.conv3.bias)
 
     def forward(self, x):
-        causal = (0, 0, 0, 0, 1, 0)  # pad one step in the past: kernel 2 in time sees (t-1, t)
+        causal = (0, 0, 0, 0, self.taps - 1, 0)  # pad in the past: kernel 2 in time sees (t-1, t)
         h = F.relu(self.conv1(F.pad(x, causal)))
         h = torch.tanh(self.gate_a(h)) * torch.sigmoid(self.gate_b(h)) if self.gate_b is not None \
             else F.relu(self.gate_a(h))
@@ -94,9 +115,9 @@ class _Branch3d(nn.Module):
 
 
 class _ResBlock3d(nn.Module):
-    def __init__(self, channels, hidden, dilations, gated):
+    def __init__(self, channels, hidden, dilations, gated, taps):
         super().__init__()
-        self.branches = nn.ModuleList(_Branch3d(channels, hidden, d, gated) for d in dilations)
+        self.branches = nn.ModuleList(_Branch3d(channels, hidden, d, gated, taps) for d in dilations)
 
     def forward(self, x):
         return x + sum(b(x) for b in self.branches)
@@ -108,13 +129,23 @@ class LatentPrior(nn.Module):
     def __init__(self, latent_channels: int, cond_channels: int, size: int, cfg: VideoFlowConfig):
         super().__init__()
         self.skip = cfg.skip
-        self.cond = nn.Conv2d(cond_channels, latent_channels, 1) if cond_channels else None
+        self.cond = None
+        if cond_channels:
+            k = cfg.cond_kernel
+            if k not in (1, 3):
+                raise ValueError(f"VideoFlowConfig: expected cond_kernel 1 or 3, got {k}")
+            self.cond = nn.Conv2d(cond_channels, latent_channels, k, padding=k // 2)
+            if k == 3:  # the reference's zero-initialised conditioning conv: the prior starts unconditioned
+                nn.init.zeros_(self.cond.weight)
+                nn.init.zeros_(self.cond.bias)
         in_ch = latent_channels * (2 if cond_channels else 1)
         dilations = tuple(d for d in cfg.dilations if d < size) or (1,)  # as the resolution allows
-        self.inp = nn.Conv3d(in_ch, cfg.prior_channels, 1)
-        self.blocks = nn.Sequential(*[_ResBlock3d(cfg.prior_channels, cfg.prior_hidden, dilations, cfg.gated)
+        taps = min(2, cfg.context)
+        width = cfg.prior_channels or in_ch
+        self.inp = nn.Conv3d(in_ch, width, 1) if cfg.prior_channels else nn.Identity()
+        self.blocks = nn.Sequential(*[_ResBlock3d(width, cfg.prior_hidden, dilations, cfg.gated, taps)
                                       for _ in range(cfg.prior_blocks)])
-        self.out = ZeroConv2d(cfg.prior_channels, 2 * latent_channels)
+        self.out = ZeroConv2d(width, 2 * latent_channels)
 
     def forward(self, prev: torch.Tensor, h: Optional[torch.Tensor]):
         """prev (N, n, C, H, W): the n previous latents, oldest first; h (N, Ch, H, W) or None."""
@@ -154,7 +185,8 @@ class VideoFlow(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.glow = Glow(cfg.in_channels, cfg.levels, cfg.steps, cfg.hidden, affine=cfg.affine, learn_priors=False,
-                         reversible=cfg.reversible, recompute_chunk=cfg.recompute_chunk)
+                         reversible=cfg.reversible, recompute_chunk=cfg.recompute_chunk,
+                         coupling_net=cfg.coupling_net)
         shapes = self.glow.latent_shapes(cfg.image_size, cfg.image_size)
         self.latent_shapes = shapes
         self.priors = nn.ModuleList()
@@ -181,15 +213,17 @@ class VideoFlow(nn.Module):
         B, T = z.shape[:2]
         n = self.cfg.context
         means, logss = [], []
-        first = min(n, T)
-        if first:  # frames without n previous latents
+        first = min(self.first_conditioned, T)
+        if first:  # frames the first-frame prior models
             m, s = self.first_priors[level](z[:, :first].flatten(0, 1).shape,
                                             None if h is None else h[:, :first].flatten(0, 1))
             means.append(m.reshape(z[:, :first].shape))
             logss.append(s.reshape(z[:, :first].shape))
         prior = self.priors[level]
-        for t in range(n, T):  # one checkpointed prior call per frame: peak memory ~ one frame's activations
-            args = (z[:, t - n:t], None if h is None else h[:, t])
+        for t in range(first, T):  # one checkpointed prior call per frame: peak memory ~ one frame's activations
+            # a view of z when the window is full (the checkpoint then saves no copy); zero-padded before that
+            window = z[:, t - n:t] if t >= n else self._window(list(z[:, :t].unbind(1)))
+            args = (window, None if h is None else h[:, t])
             if self.cfg.checkpoint_prior and torch.is_grad_enabled():
                 m, s = ckpt.checkpoint(prior, *args, use_reentrant=False)
             else:
@@ -197,6 +231,17 @@ class VideoFlow(nn.Module):
             means.append(m.unsqueeze(1))
             logss.append(s.unsqueeze(1))
         return torch.cat(means, 1), torch.cat(logss, 1)
+
+    @property
+    def first_conditioned(self) -> int:
+        """The first frame whose prior is the latent prior network (the earlier ones use the first-frame prior)."""
+        return 1 if self.cfg.pad_context else self.cfg.context
+
+    def _window(self, past: List[torch.Tensor]) -> torch.Tensor:
+        """The last n latents (N, n, C, H, W), zero-padded in front when fewer are there (pad_context)."""
+        n = self.cfg.context
+        past = past[-n:]
+        return torch.stack([torch.zeros_like(past[0])] * (n - len(past)) + past, 1)
 
     def log_prob_frames(self, video: torch.Tensor) -> torch.Tensor:
         """log p(x_t | x_<t) in nats for every frame: (B, T). video (B, T, C, H, W) in [-0.5, 0.5]."""
@@ -228,15 +273,14 @@ class VideoFlow(nn.Module):
     # ---------------------------------------------------------------------------------------------- generation
     def _sample_frame(self, history: List[List[torch.Tensor]], batch: int, temperature: float, generator=None):
         """Sample the next frame given per-level latent histories; appends its latents, returns the frame."""
-        n = self.cfg.context
         h = None
         new = [None] * self.cfg.levels
         for level in reversed(range(self.cfg.levels)):
             past = history[level]
-            if len(past) < n:
+            if len(past) < self.first_conditioned:
                 mean, logs = self.first_priors[level]((batch,) + self.latent_shapes[level], h)
             else:
-                mean, logs = self.priors[level](torch.stack(past[-n:], 1), h)
+                mean, logs = self.priors[level](self._window(past), h)
             p = next(self.parameters())
             eps = torch.randn(mean.shape, generator=generator, device=p.device, dtype=p.dtype)
             z = mean + temperature * torch.exp(logs) * eps

@@ -2,6 +2,7 @@ import torch
 from torch import nn
 
 from flowkern import ops
+from flowkern.nn.actnorm import ActNorm2d
 from flowkern.nn._checks import check_context, check_input
 
 
@@ -20,13 +21,45 @@ class ZeroConv2d(nn.Module):
         return self.conv(x) * torch.exp(self.logs * self.logscale_factor).view(1, -1, 1, 1)
 
 
-def coupling_network(in_channels: int, hidden: int, out_channels: int) -> nn.Sequential:
-    """Glow's coupling NN: 3x3 conv, ReLU, 1x1 conv, ReLU, zero-initialised 3x3 conv."""
-    net = nn.Sequential(nn.Conv2d(in_channels, hidden, 3, padding=1), nn.ReLU(),
-                        nn.Conv2d(hidden, hidden, 1), nn.ReLU(), ZeroConv2d(hidden, out_channels))
-    for conv in (net[0], net[2]):
+class NetActNorm(ActNorm2d):
+    """ActNorm inside a coupling network: returns the normalised activations only (no log-determinant: the network
+    need not be invertible). Its data-dependent init runs like any ActNorm's."""
+
+    def forward(self, x):
+        return super().forward(x)[0]
+
+
+class GatedUnit(nn.Module):
+    """Gated activation unit: tanh(a) * sigmoid(b) over the two halves of the channels."""
+
+    def forward(self, x):
+        a, b = x.chunk(2, 1)
+        return torch.tanh(a) * torch.sigmoid(b)
+
+
+COUPLING_NETS = ("glow", "gatu")
+
+
+def coupling_network(in_channels: int, hidden: int, out_channels: int, kind: str = "glow") -> nn.Sequential:
+    """The coupling NN. "glow" (Glow's): 3x3 conv, ReLU, 1x1 conv, ReLU, zero-initialised 3x3 conv. "gatu" (the
+    VideoFlow reference code's): each of the two hidden convs followed by ActNorm and a gated activation unit
+    (the conv gives 2 * hidden channels, the unit halves them), then the zero-initialised 3x3 conv."""
+    if kind == "glow":
+        net = nn.Sequential(nn.Conv2d(in_channels, hidden, 3, padding=1), nn.ReLU(),
+                            nn.Conv2d(hidden, hidden, 1), nn.ReLU(), ZeroConv2d(hidden, out_channels))
+        convs = (net[0], net[2])
+    elif kind == "gatu":
+        # no conv bias: the ActNorm after each conv has one
+        net = nn.Sequential(nn.Conv2d(in_channels, 2 * hidden, 3, padding=1, bias=False), NetActNorm(2 * hidden),
+                            GatedUnit(), nn.Conv2d(hidden, 2 * hidden, 1, bias=False), NetActNorm(2 * hidden),
+                            GatedUnit(), ZeroConv2d(hidden, out_channels))
+        convs = (net[0], net[3])
+    else:
+        raise ValueError(f"coupling_network: expected kind one of {COUPLING_NETS}, got {kind!r}")
+    for conv in convs:
         nn.init.normal_(conv.weight, 0.0, 0.05)
-        nn.init.zeros_(conv.bias)
+        if conv.bias is not None:
+            nn.init.zeros_(conv.bias)
     return net
 
 
@@ -36,9 +69,11 @@ class AffineCoupling(nn.Module):
     x = (x_a, x_b) with x_a = x[:, :C//2] passed through and x_b (C - C//2 channels, so odd C works) transformed:
     h = NN(cat(x_a, context)), s = sigmoid(h_s + 2), y_b = (x_b + h_t) * s; logdet = sum log s.
     Additive (affine=False): y_b = x_b + h, logdet 0. The elementwise tail is one fused kernel.
+    net: the NN's kind (coupling_network): "glow" or "gatu".
     """
 
-    def __init__(self, num_channels: int, hidden: int = 512, context_channels: int = 0, affine: bool = True):
+    def __init__(self, num_channels: int, hidden: int = 512, context_channels: int = 0, affine: bool = True,
+                 net: str = "glow"):
         super().__init__()
         if num_channels < 2:
             raise ValueError(f"AffineCoupling needs at least 2 channels, got {num_channels}")
@@ -47,7 +82,7 @@ class AffineCoupling(nn.Module):
         self.affine = affine
         self.ca = num_channels // 2
         cb = num_channels - self.ca
-        self.nn = coupling_network(self.ca + context_channels, hidden, 2 * cb if affine else cb)
+        self.nn = coupling_network(self.ca + context_channels, hidden, 2 * cb if affine else cb, net)
 
     def _h(self, xa, context):
         return self.nn(xa if context is None else torch.cat([xa, context.to(xa.dtype)], 1))

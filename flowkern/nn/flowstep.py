@@ -19,12 +19,12 @@ class FlowStep(nn.Module):
     """
 
     def __init__(self, num_channels: int, hidden: int = 512, context_channels: int = 0, affine: bool = True,
-                 lu: bool = True):
+                 lu: bool = True, net: str = "glow"):
         super().__init__()
         self.num_channels = num_channels
         self.actnorm = ActNorm2d(num_channels)
         self.invconv = InvConv1x1LU(num_channels) if lu else InvConv1x1(num_channels)
-        self.coupling = AffineCoupling(num_channels, hidden, context_channels, affine)
+        self.coupling = AffineCoupling(num_channels, hidden, context_channels, affine, net)
         self._derived_key, self._derived = None, None  # see derived()
 
     def _affine_params(self):

@@ -22,11 +22,12 @@ class Glow(nn.Module):
     backward recomputes `recompute_chunk` samples at a time (None: the whole batch).
     context: optional (B, context_channels, H, W) tensor at the input resolution; each level squeezes it along
     with x, so level l's couplings and priors see context_channels * 4^(l+1) channels at their resolution.
+    coupling_net: the couplings' NN, "glow" or "gatu" (flowkern.nn.coupling_network).
     """
 
     def __init__(self, in_channels: int, levels: int, steps: int, hidden: int = 512, affine: bool = True,
                  lu: bool = True, context_channels: int = 0, learn_priors: bool = True, reversible: bool = False,
-                 recompute_chunk: Optional[int] = DEFAULT_RECOMPUTE_CHUNK):
+                 recompute_chunk: Optional[int] = DEFAULT_RECOMPUTE_CHUNK, coupling_net: str = "glow"):
         super().__init__()
         if levels < 1 or steps < 1:
             raise ValueError(f"Glow needs levels >= 1 and steps >= 1, got levels={levels}, steps={steps}")
@@ -36,7 +37,7 @@ class Glow(nn.Module):
         c, ctx = in_channels, context_channels
         for level in range(levels):
             c, ctx = c * 4, ctx * 4
-            self.flows.append(FlowSequence((FlowStep(c, hidden, ctx, affine, lu) for _ in range(steps)),
+            self.flows.append(FlowSequence((FlowStep(c, hidden, ctx, affine, lu, coupling_net) for _ in range(steps)),
                                            reversible=reversible, recompute_chunk=recompute_chunk))
             if level < levels - 1:
                 self.splits.append(Split(c, ctx, learn_priors))

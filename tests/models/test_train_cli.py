@@ -84,7 +84,7 @@ def test_nan_guard_skips_the_step_and_restores_the_last_good_state(tmp_path, mon
     assert all(torch.isfinite(v).all() for v in state["model"].values() if torch.is_tensor(v))
 
 
-HEADER = "step,train_bpp,lr,grad_norm,skipped,eval_bpp,seconds"
+HEADER = ",".join(train_cli.LOG_HEADER)
 
 
 def test_an_existing_run_is_never_overwritten_unless_asked(tmp_path, capsys):
@@ -175,3 +175,44 @@ def test_two_process_gloo_training_keeps_ranks_identical(tmp_path):
         if torch.is_tensor(v):
             assert torch.equal(v, b[k]), k  # same init (ActNorm all-reduced) and same all-reduced updates
     assert (tmp_path / "checkpoint.pt").exists()
+
+
+def test_random_windows_are_reproducible_stretches_of_each_clip():
+    clips = torch.arange(4 * 6).view(4, 6, 1, 1, 1).expand(4, 6, 1, 2, 2)
+    w = train_cli.random_windows(clips, 3, 0, 7, 0)
+    assert w.shape == (4, 3, 1, 2, 2)
+    starts = w[:, 0, 0, 0, 0] - torch.arange(4) * 6
+    assert ((starts >= 0) & (starts <= 3)).all()
+    assert torch.equal(w, clips[torch.arange(4)[:, None], starts[:, None] + torch.arange(3)])
+    assert torch.equal(w, train_cli.random_windows(clips, 3, 0, 7, 0))
+    assert len({tuple(train_cli.random_windows(clips, 3, 0, s, 0)[:, 0, 0, 0, 0].tolist()) for s in range(8)}) > 1
+    assert train_cli.random_windows(clips, None, 0, 7, 0) is clips
+
+
+def test_learning_rate_warms_up_then_decays():
+    args = train_cli.parser().parse_args(["videoflow", "--lr", "1e-3", "--warmup", "10", "--steps", "110",
+                                          "--decay-from", "10", "--decay-to", "0.1"])
+    lr = [train_cli.learning_rate(args, s) for s in (1, 10, 60, 110)]
+    assert lr == pytest.approx([1e-4, 1e-3, 5.5e-4, 1e-4])
+    assert args.adam_betas == (0.85, 0.997) and args.adam_eps == 1e-6  # the reference's Adam
+
+
+@pytest.mark.parametrize("targets_only", [True, False])
+def test_targets_only_loss_leaves_the_first_frames_prior_untrained(tmp_path, targets_only):
+    """The reference trains on the frames after the conditioning ones: the first frame's (unconditional) prior gets
+    no gradient with --targets-only, and learns without it."""
+    flag = "--targets-only" if targets_only else "--no-targets-only"
+    state = run(tmp_path, 2, "--context", "1", flag, "--eval-every", "0", "--sample-every", "0")
+    top = state["config"]["levels"] - 1
+    first_prior = [v for k, v in state["model"].items() if k.startswith(f"first_priors.{top}.")]
+    assert first_prior and all(v.dtype.is_floating_point for v in first_prior)
+    assert all(not v.any() for v in first_prior) == targets_only  # zero-initialised; moved only if trained
+
+
+def test_window_and_targets_only_are_checked(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        train_cli.main(ARGS + ["--out", str(tmp_path / "a"), "--steps", "1", "--window", "4"])
+    assert "--window 4: expected at most --frames (3)" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        train_cli.main(ARGS + ["--out", str(tmp_path / "b"), "--steps", "1", "--window", "2", "--context", "2"])
+    assert "no frame after the first 2" in capsys.readouterr().err

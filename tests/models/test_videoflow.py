@@ -37,9 +37,10 @@ def test_log_prob_shapes_and_every_parameter_learns():
     assert torch.allclose(m.log_prob(v), lp.sum(1))
 
 
-def test_prior_is_causal():
+@pytest.mark.parametrize("pad_context", [False, True])
+def test_prior_is_causal(pad_context):
     """log p(x_t | x_<t) must not change when a later frame changes, and must change when an earlier one does."""
-    m = model().eval()
+    m = model(pad_context=pad_context).eval()
     v = video()
     lp = m.log_prob_frames(v)
     w = v.clone()
@@ -49,19 +50,22 @@ def test_prior_is_causal():
     assert not torch.allclose(lp[:, 4], lp2[:, 4], atol=1e-3)  # frame 4 looks back at frame 3
 
 
-def test_generation_uses_the_likelihood_prior():
+@pytest.mark.parametrize("given", [2, 1])
+@pytest.mark.parametrize("pad_context", [False, True])
+def test_generation_uses_the_likelihood_prior(pad_context, given):
     """At temperature 0 every sampled latent is its prior mean: re-encoding the generated frames must give latents
-    equal to the means that the likelihood computes for them (same prior in both directions)."""
-    m = model(torch.float64).eval()
-    ctx = video(T=2, dtype=torch.float64)
-    gen = m.generate(ctx, 3, temperature=0.0)
-    assert gen.shape == (2, 5, 3, 16, 16) and torch.equal(gen[:, :2], ctx)
+    equal to the means that the likelihood computes for them (same prior in both directions), also for a frame
+    sampled after fewer than n latents (pad_context: a zero-padded window)."""
+    m = model(torch.float64, pad_context=pad_context).eval()
+    ctx = video(T=given, dtype=torch.float64)
+    gen = m.generate(ctx, 5 - given, temperature=0.0)
+    assert gen.shape == (2, 5, 3, 16, 16) and torch.equal(gen[:, :given], ctx)
     zs, hs, _ = m.glow.encode_levels(gen.flatten(0, 1))
     for level, z in enumerate(zs):
         z = z.view(2, 5, *z.shape[1:])
         h = hs[level].view(2, 5, *hs[level].shape[1:]) if level < len(hs) else None
         mean, _ = m._level_prior(level, z, h)
-        assert torch.allclose(z[:, 2:], mean[:, 2:], atol=1e-8), level
+        assert torch.allclose(z[:, given:], mean[:, given:], atol=1e-8), level
 
 
 def test_unconditional_sampling_and_temperature():
@@ -113,7 +117,8 @@ def test_training_memory_grows_by_latents_not_activations():
 
 
 @pytest.mark.parametrize("opts", [dict(skip=False), dict(gated=False), dict(dilations=(1,)), dict(affine=False),
-                                  dict(context=1)])
+                                  dict(context=1), dict(coupling_net="gatu"), dict(cond_kernel=3),
+                                  dict(prior_channels=None)])
 def test_ablation_options(opts):
     m = model(**opts)
     lp = m.log_prob_frames(video(T=4))
@@ -134,3 +139,52 @@ def test_out_of_sequence_scoring_matches_bits_per_pixel():
 def test_bad_video_shape_is_refused():
     with pytest.raises(ValueError, match=r"\(B, T, 3, 16, 16\)"):
         model().log_prob_frames(torch.rand(2, 3, 16, 16))
+
+
+def test_a_one_latent_window_uses_one_temporal_tap():
+    """With n = 1 the prior's convs are 1x3x3 (a second tap would only ever see padding); with n = 2 they are
+    2x3x3 and the older latent matters."""
+    one = model(context=1)
+    branch = one.priors[0].blocks[0].branches[0]
+    assert branch.conv1.weight.shape[2] == 1 and branch.conv3.weight.shape[2] == 1
+    two = model(context=2).eval()
+    assert two.priors[0].blocks[0].branches[0].conv1.weight.shape[2] == 2
+    v = video(T=3)
+    w = v.clone()
+    w[:, 0] = torch.rand_like(w[:, 0]) - 0.5
+    with torch.no_grad():
+        assert not torch.allclose(two.log_prob_frames(v)[:, 2], two.log_prob_frames(w)[:, 2], atol=1e-3)
+
+
+def test_zero_initialised_3x3_conditioning():
+    """cond_kernel=3: the reference's zero-initialised 3x3 conv on h; the prior starts unconditioned on h and the
+    conv still learns."""
+    torch.manual_seed(0)
+    m = VideoFlow(dataclasses.replace(TINY, cond_kernel=3))
+    prior = m.priors[0]
+    assert prior.cond.kernel_size == (3, 3) and not prior.cond.weight.any()
+    prev = torch.randn(2, TINY.context, *m.latent_shapes[0])
+    h = torch.randn(2, prior.cond.in_channels, *m.latent_shapes[0][1:])
+    with torch.no_grad():  # past the zero-initialised output layer, so gradients reach the conditioning conv
+        for p in prior.out.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    mean, logs = prior(prev, h)
+    assert torch.equal(mean, prior(prev, 5 * h)[0])
+    (mean.square().sum() + logs.sum()).backward()
+    assert prior.cond.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="cond_kernel 1 or 3"):
+        VideoFlow(dataclasses.replace(TINY, cond_kernel=5))
+
+
+def test_pad_context_predicts_frame_two_with_the_prior_network():
+    """pad_context: frame 2 (one previous latent, n = 2) comes from the prior network over [0, z_1], so it reads
+    frame 1; without it, from the first-frame prior, which does not."""
+    v = video(T=3)
+    w = v.clone()
+    w[:, 0] = torch.rand_like(w[:, 0]) - 0.5
+    for pad, reads_frame_one in ((True, True), (False, False)):
+        m = model(pad_context=pad).eval()
+        assert m.first_conditioned == (1 if pad else 2)
+        with torch.no_grad():
+            a, b = m.log_prob_frames(v)[:, 1], m.log_prob_frames(w)[:, 1]
+        assert (not torch.allclose(a, b, atol=1e-3)) == reads_frame_one
