@@ -2,7 +2,7 @@
 
 x_t <-> z_t = (z_t^(1), ..., z_t^(L)) by a per-frame multi-scale Glow (reversible backprop by default), and a latent
 autoregressive prior  p(z_t^(l) | z_<t^(l), z_t^(>l)) = N(mu, sigma):
-  a 1x1 conv of h_t^(>l) (the half kept at level l's split, which determines z_t^(>l)) is concatenated to each of
+  a conv of h_t^(>l) (the half kept at level l's split, which determines z_t^(>l)) is concatenated to each of
   the previous n latents of level l; a stack of 3-D residual blocks (2x3x3 convs, causal in time; ReLU; a gated
   activation unit tanh * sigmoid of 1x1x1 convs; a zero-initialised last conv; parallel branches with spatial
   dilations 1, 2, 4 as the resolution allows, summed with the block input) runs over that window; its last time
@@ -66,7 +66,8 @@ CONFIGS = {
     "bair": VideoFlowConfig(prior_channels=None, prior_hidden=512, coupling_net="gatu", cond_kernel=3),
     # Stochastic Movement: 64x64 shapes; the paper models frame 2 given frame 1 (n=1)
     # Stochastic Movement at 64x64 as tensor2tensor's next_frame_glow trains it (a GPU config): additive couplings,
-    # no latent skip, K=24 width 512 with gated units, a 10-block prior of width 256, zero-init 3x3 conditioning;
+    # no latent skip, K=24 width 512 with gated units, a 10-block prior (256 hidden, residual stream at its input's
+    # width), zero-init 3x3 conditioning;
     # frame 2 given frame 1
     "shapes": VideoFlowConfig(levels=3, steps=24, hidden=512, affine=False, coupling_net="gatu", skip=False,
                               prior_blocks=10, prior_channels=None, prior_hidden=256, context=1, cond_kernel=3),
