@@ -3,8 +3,9 @@
 Prints per-frame held-out bits/pixel and, on Stochastic Movement, the motion measures of flowkern.models.motion:
 the likelihood motion tests (true next frame vs the motion reversed and vs a static copy), the continuation accuracy
 of sampled frames and the first-frame choice, over a --temperatures sweep. Clips come from --data-seed, by default a
-seed neither the training nor the training command's held-out set used (a video folder: its held-out tail). --json writes the numbers to a file (never
-over an existing one unless --overwrite). The checkpoint is loaded with torch.load(..., weights_only=True).
+seed neither the training nor the training command's held-out set used (a video folder: its held-out tail). --json
+writes the numbers to a file (never over an existing one unless --overwrite). The checkpoint is loaded with
+torch.load(..., weights_only=True).
 """
 import argparse
 import json
@@ -17,8 +18,7 @@ from flowkern.models.data import StochasticMovement, StochasticMovingDigits
 from flowkern.models.motion import (continuation_accuracy, first_frame_choice, likelihood_motion_tests,
                                     per_frame_bpp)
 from flowkern.models.train import (CheckpointError, UsageError, atomic_write, clip_frames, load_checkpoint,
-                                   make_datasets, model_from_checkpoint, nonnegative_float, nonnegative_int,
-                                   positive_int)
+                                   make_datasets, model_from_checkpoint, nonnegative_int, positive_int)
 
 FRESH_SEED_OFFSET = 2_000_003  # the training command uses seed (training) and seed + 1_000_003 (held out)
 

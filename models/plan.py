@@ -64,7 +64,8 @@ def plan(cfg: VideoFlowConfig, batch: int, frames: int, budget_gb: float) -> dic
             "step_ms_at_peak": {k: 1e3 * flops / v for k, v in PEAKS.items()},
             "memory": {"fixed_bytes": mem.fixed, "per_clip_bytes": mem.per_clip, "per_frame_bytes": mem.per_frame,
                        "step_peak_bytes": mem.peak(batch, frames), "budget_gb": budget_gb,
-                       "longest_clip": mem.longest_clip(budget, batch), "largest_batch": mem.largest_batch(budget, frames)}}
+                       "longest_clip": mem.longest_clip(budget, batch),
+                       "largest_batch": mem.largest_batch(budget, frames)}}
 
 
 def report(name: str, r: dict) -> str:
