@@ -80,9 +80,7 @@ def random_windows(clips, window, seed, step, rank):
     rank). window None: the whole clips."""
     if window is None:
         return clips
-    T = clips.shape[1]
-    if window > T:
-        raise UsageError(f"--window {window}: expected at most --frames ({T})")
+    T = clips.shape[1]  # resolve_config checked window <= T
     g = torch.Generator().manual_seed(hash((seed, step, rank, 1)) % (2**63))
     starts = torch.randint(0, T - window + 1, (clips.shape[0],), generator=g).tolist()
     return torch.stack([c[s:s + window] for c, s in zip(clips, starts)])
@@ -245,7 +243,7 @@ def resolve_config(args) -> VideoFlowConfig:
     T = args.window or args.frames
     if args.window is not None and args.window > args.frames:
         raise UsageError(f"--window {args.window}: expected at most --frames ({args.frames})")
-    first = 1 if cfg.pad_context else cfg.context
+    first = cfg.first_conditioned
     if args.targets_only and T <= first:
         raise UsageError(f"--targets-only: {T}-frame training clips have no frame after the first {first} "
                          f"(context): use longer clips (--frames/--window), a shorter --context, or --no-targets-only")
@@ -639,7 +637,8 @@ clip_frames = _int_check(lambda v: v >= 2, "an integer >= 2 (context and predict
 n_bits_int = _int_check(lambda v: 1 <= v <= 8, "an integer from 1 to 8")
 positive_float = _float_check(lambda v: v > 0, "a positive number")
 nonnegative_float = _float_check(lambda v: v >= 0, "a non-negative number")
-unit_float = _float_check(lambda v: 0 <= v < 1 or v == 1, "a number from 0 to 1")
+unit_float = _float_check(lambda v: 0 <= v <= 1, "a number from 0 to 1")
+adam_beta = _float_check(lambda v: 0 <= v < 1, "a number in [0, 1)")
 
 
 def data_source(text):
@@ -677,7 +676,7 @@ def parser():
     v.add_argument("--decay-from", type=nonnegative_int, default=None,
                    help="decay the learning rate linearly from this step to --lr * --decay-to at --steps")
     v.add_argument("--decay-to", type=unit_float, default=0.0, help="the final fraction of --lr (with --decay-from)")
-    v.add_argument("--adam-betas", type=unit_float, nargs=2, default=(0.85, 0.997), metavar=("B1", "B2"),
+    v.add_argument("--adam-betas", type=adam_beta, nargs=2, default=(0.85, 0.997), metavar=("B1", "B2"),
                    help="Adam's betas (default: the reference's)")
     v.add_argument("--adam-eps", type=positive_float, default=1e-6, help="Adam's epsilon (default: the reference's)")
     v.add_argument("--clip", type=positive_float, default=50.0, help="gradient-norm clipping")

@@ -59,6 +59,11 @@ class VideoFlowConfig:
     checkpoint_prior: bool = True
     recompute_chunk: Optional[int] = 32  # frames the reversible backward recomputes at once (None: all B*T)
 
+    @property
+    def first_conditioned(self) -> int:
+        """The first frame the latent prior network predicts (VideoFlow.first_conditioned)."""
+        return 1 if self.pad_context else self.context
+
 
 CONFIGS = {
     # the paper's BAIR setting (appendix E.1): L=3, K=24, affine, 512 coupling channels, 5 prior blocks, n=3; the
@@ -236,7 +241,7 @@ class VideoFlow(nn.Module):
     @property
     def first_conditioned(self) -> int:
         """The first frame whose prior is the latent prior network (the earlier ones use the first-frame prior)."""
-        return 1 if self.cfg.pad_context else self.cfg.context
+        return self.cfg.first_conditioned
 
     def _window(self, past: List[torch.Tensor]) -> torch.Tensor:
         """The last n latents (N, n, C, H, W), zero-padded in front when fewer are there (pad_context)."""

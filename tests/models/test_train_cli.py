@@ -216,3 +216,9 @@ def test_window_and_targets_only_are_checked(tmp_path, capsys):
     with pytest.raises(SystemExit):
         train_cli.main(ARGS + ["--out", str(tmp_path / "b"), "--steps", "1", "--window", "2", "--context", "2"])
     assert "no frame after the first 2" in capsys.readouterr().err
+
+
+def test_adam_beta_of_one_is_refused_as_an_argument(capsys):
+    with pytest.raises(SystemExit):
+        train_cli.parser().parse_args(["videoflow", "--adam-betas", "0.9", "1"])
+    assert "--adam-betas: expected a number in [0, 1), got '1'" in capsys.readouterr().err
