@@ -18,6 +18,7 @@ from flowkern.memory import keep_freed_cpu_memory
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # sibling modules, without shadowing flowkern
 import bench_actnorm_invconv  # noqa: E402
+import bench_actnorm_invconv_lu  # noqa: E402
 import bench_affine_coupling  # noqa: E402
 import bench_kernel_resources  # noqa: E402
 import bench_channel_affine  # noqa: E402
@@ -29,7 +30,7 @@ import fused_op_bench  # noqa: E402
 import roofline  # noqa: E402
 import timing  # noqa: E402
 
-OP_BENCHMARKS = [bench_channel_affine, bench_actnorm_invconv, bench_affine_coupling]
+OP_BENCHMARKS = [bench_channel_affine, bench_actnorm_invconv, bench_actnorm_invconv_lu, bench_affine_coupling]
 DEPTH = "Memory vs depth (one Glow level)"
 GLOW_DEPTH = "Memory vs depth (3-level Glow, reduced size)"
 PER_FRAME = "VideoFlow memory per extra frame (real peak, small model)"

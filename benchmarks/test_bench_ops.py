@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import bench_actnorm_invconv
+import bench_actnorm_invconv_lu
 import bench_affine_coupling
 import bench_channel_affine
 import flowkern
@@ -12,7 +13,7 @@ from fused_op_bench import SHAPES, fwd, fwd_bwd
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 OPS = {"channel_affine": bench_channel_affine, "actnorm_invconv": bench_actnorm_invconv,
-       "affine_coupling": bench_affine_coupling}
+       "actnorm_invconv_lu": bench_actnorm_invconv_lu, "affine_coupling": bench_affine_coupling}
 
 
 @pytest.mark.parametrize("impl", ["eager", "flowkern"])

@@ -106,6 +106,11 @@ PYBIND11_MODULE(_C, m) {
       .pointer("dld", &ActNormInvConvParams::dld).pointer("dx", &ActNormInvConvParams::dx)
       .pointer("ds", &ActNormInvConvParams::ds).pointer("db", &ActNormInvConvParams::db)
       .pointer("dW", &ActNormInvConvParams::dW).pointer("dldw", &ActNormInvConvParams::dldw)
+      .pointer("log_scale", &ActNormInvConvParams::log_scale).pointer("lower", &ActNormInvConvParams::lower)
+      .pointer("upper", &ActNormInvConvParams::upper).pointer("log_s", &ActNormInvConvParams::log_s)
+      .pointer("sign", &ActNormInvConvParams::sign).pointer("P", &ActNormInvConvParams::P)
+      .pointer("dlog_scale", &ActNormInvConvParams::dlog_scale).pointer("dlower", &ActNormInvConvParams::dlower)
+      .pointer("dupper", &ActNormInvConvParams::dupper).pointer("dlog_s", &ActNormInvConvParams::dlog_s)
       .value("B", &ActNormInvConvParams::B).value("C", &ActNormInvConvParams::C)
       .value("HW", &ActNormInvConvParams::HW).value("chunk", &ActNormInvConvParams::chunk);
 

@@ -81,6 +81,11 @@ struct AffineCouplingParams : LaunchParams {
 //        dc = sum dy, g = HW * sum_n dld[n] (dld may be null: g = 0);
 //        ds[j] += sum_i dA[i,j] W[i,j] + g / s[j];  db += A^T dc;  dW += dA diag(s);  dldw[0] += g
 //        (accumulated, like channel_affine's dA: the caller zeroes them, a split batch adds up)
+//   LU parametrisation (lower not null): ActNorm's log_scale and InvConv1x1LU's factors replace s, W and ldw:
+//        s = exp(log_scale), W = P (I + strict lower part of lower) (strict upper part of upper + diag(sign e^log_s)),
+//        log|det W| = sum log_s (P must be a permutation matrix: error 2 otherwise). bwd accumulates dlog_scale,
+//        dlower, dupper (their strict triangles) and dlog_s instead of ds, dW and dldw: the whole Glow step's
+//        parameter algebra runs in the kernel, none of it in torch ops.
 struct ActNormInvConvParams : LaunchParams {
   const void* x = nullptr;   // (B, C, HW)
   const void* s = nullptr;   // (C,)
@@ -96,6 +101,16 @@ struct ActNormInvConvParams : LaunchParams {
   void* db = nullptr;        // (C,) accumulated                            bwd
   void* dW = nullptr;        // (C, C) accumulated                          bwd
   void* dldw = nullptr;      // scalar, accumulated                         bwd
+  const void* log_scale = nullptr;  // (C,)      LU parametrisation, all six or none
+  const void* lower = nullptr;      // (C, C)
+  const void* upper = nullptr;      // (C, C)
+  const void* log_s = nullptr;      // (C,)
+  const void* sign = nullptr;       // (C,)
+  const void* P = nullptr;          // (C, C)
+  void* dlog_scale = nullptr;       // (C,) accumulated                   bwd, LU
+  void* dlower = nullptr;           // (C, C) accumulated                 bwd, LU
+  void* dupper = nullptr;           // (C, C) accumulated                 bwd, LU
+  void* dlog_s = nullptr;           // (C,) accumulated                   bwd, LU
   int64_t B = 0, C = 0, HW = 0;
   int64_t chunk = 0;         // pixels per partial of dA, dc (as channel_affine's) bwd
 };

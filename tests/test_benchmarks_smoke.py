@@ -20,7 +20,8 @@ def test_benchmark_suite_smoke(tmp_path):
     assert any("rosinality" in t for t in compat), compat
     for t in compat:  # each adapter against its original: both ran, peak memory measured
         assert sections[t] and all(r["original_ms"] > 0 and r["flowkern_ms"] > 0 for r in sections[t]), sections[t]
-    assert {row["op"] for row in sections["Fused ops"]} == {"channel_affine", "actnorm_invconv", "affine_coupling"}
+    assert {row["op"] for row in sections["Fused ops"]} == {"channel_affine", "actnorm_invconv", "actnorm_invconv_lu",
+                                                          "affine_coupling"}
     with open(out + ".json") as f:
         data = json.load(f)
     assert data["environment"]["torch"] and data["sections"]["Fused ops"]

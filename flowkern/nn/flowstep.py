@@ -62,12 +62,22 @@ class FlowStep(nn.Module):
                 d["A_inv"] = (ic.weight_inverse().to(dtype) / d["s"][:, None]).contiguous()  # diag(1/s) W^-1
         return d
 
+    def _lu_factors(self):
+        """The affine map's parameters as ops.actnorm_invconv_lu takes them (an LU conv), else None."""
+        an, ic = self.actnorm, self.invconv
+        if not isinstance(ic, InvConv1x1LU):
+            return None
+        return an.log_scale, an.bias, ic.lower, ic.upper, ic.log_s, ic.P, ic.sign_s
+
     def _affine(self, x):
         """ActNorm + 1x1 conv: (x', logdet)."""
         self.actnorm.maybe_initialize(x)
         if self._use_derived():
             d = self.derived(ops.acc_dtype(x.dtype))
             return ops.channel_affine(x, d["A"], d["c"]), self._logdet(x, d)
+        factors = self._lu_factors()
+        if factors is not None:  # the op forms s and W from the factors (on the CPU: in its kernel, gradients too)
+            return ops.actnorm_invconv_lu(x, *factors)
         return ops.actnorm_invconv(x, self.actnorm.scale(), self.actnorm.bias, self.invconv.weight(),
                                    logdet_w=self.invconv.logdet_per_pixel())
 
@@ -109,10 +119,12 @@ class FlowStep(nn.Module):
         Returns (x, dx, dcontext or None, {param: grad}).
         """
         cp, an, ic = self.coupling, self.actnorm, self.invconv
+        factors = self._lu_factors()
         ya = y[:, :cp.ca].detach().requires_grad_(True)
         c = context.detach().requires_grad_(True) if context_grad else context
         with torch.enable_grad():
-            s, W, logdet_w = an.scale(), ic.weight(), ic.logdet_per_pixel()  # the affine map's parameters, as formed
+            if factors is None:  # the affine map's parameters, as formed (an LU conv's op takes its factors)
+                s, W, logdet_w = an.scale(), ic.weight(), ic.logdet_per_pixel()
             with autocast():
                 h = cp._h(ya, c)
         with torch.no_grad(), autocast():
@@ -122,11 +134,15 @@ class FlowStep(nn.Module):
         nn_params = [p for p in cp.parameters() if p.requires_grad]
         g_nn = torch.autograd.grad(h, [ya] + ([c] if context_grad else []) + nn_params, g_h, allow_unused=True)
         g_xc[:, :cp.ca] += g_nn[0]  # the network read x'_a too
+        grads = dict(zip(nn_params, g_nn[2 if context_grad else 1:]))
+        if factors is not None:
+            dx, *g_aff = ops.actnorm_invconv_lu_backward(x, g_xc, dlogdet, *factors)
+            grads.update((p, g.to(p.dtype)) for p, g in zip(factors, g_aff) if p.requires_grad)
+            return x, dx, (g_nn[1] if context_grad else None), grads
         dx, ds, db, dW, dlogdet_w = ops.actnorm_invconv_backward(x, g_xc, dlogdet, s, an.bias, W)
         aff_params = [p for m in (an, ic) for p in m.parameters() if p.requires_grad]
         outs = [(t, g) for t, g in ((s, ds), (an.bias, db), (W, dW), (logdet_w, dlogdet_w)) if t.requires_grad]
         g_aff = torch.autograd.grad([t for t, _ in outs], aff_params, [g.to(t.dtype) for t, g in outs],
                                     allow_unused=True)
-        grads = dict(zip(nn_params, g_nn[2 if context_grad else 1:]))
         grads.update(zip(aff_params, g_aff))
         return x, dx, (g_nn[1] if context_grad else None), grads

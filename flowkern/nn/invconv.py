@@ -60,29 +60,6 @@ class InvConv1x1(_InvConvBase):
         return torch.linalg.slogdet(self.W.double())[1].to(self.W.dtype)
 
 
-class LUWeight(torch.autograd.Function):
-    """W = P L U, L = I + strict lower part of `lower`, U = strict upper part of `upper` + diag(sign e^log_s), as one
-    autograd node with its gradient in closed form: autograd's generic path through the masks, the exp and two matrix
-    products dispatches about twice the ops, each a host-side cost of its own (kernel launches on a GPU).
-    dW -> M = P^T dW:  d lower = strict lower part of M U^T,  dU = L^T M:  d upper = its strict upper part,
-    d log_s = diag(dU) * sign e^log_s. The masked-out entries of `lower` and `upper` get zero gradient, as before."""
-
-    @staticmethod
-    def forward(ctx, lower, upper, log_s, P, sign, eye):
-        d = sign * torch.exp(log_s)
-        L = torch.tril(lower, -1) + eye
-        U = torch.triu(upper, 1) + torch.diag(d)
-        ctx.save_for_backward(P, L, U, d)
-        return P @ (L @ U)
-
-    @staticmethod
-    def backward(ctx, dW):
-        P, L, U, d = ctx.saved_tensors
-        M = P.t() @ dW
-        dU = L.t() @ M
-        return torch.tril(M @ U.t(), -1), torch.triu(dU, 1), torch.diagonal(dU) * d, None, None, None
-
-
 class InvConv1x1LU(_InvConvBase):
     """LU-decomposed invertible 1x1 conv (Glow): W = P L (U + diag(sign_s * exp(log_s))).
 
@@ -104,7 +81,7 @@ class InvConv1x1LU(_InvConvBase):
 
     def weight(self):
         with no_autocast(self.lower):  # W must be exact for the inverse to match
-            return LUWeight.apply(self.lower, self.upper, self.log_s, self.P, self.sign_s, self.eye)
+            return ops.lu_weight(self.lower, self.upper, self.log_s, self.P, self.sign_s)
 
     def logdet_per_pixel(self):
         return self.log_s.sum()

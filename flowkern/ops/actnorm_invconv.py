@@ -11,6 +11,12 @@ Either way a Glow step's linear part is one read and one write of x. Inverse: x 
     actnorm_invconv           the public op (forward), actnorm_invconv_inverse its inverse,
                               actnorm_invconv_backward its backward from the input (for reversible backprop)
     ActNormInvConvFunction    eager training path: kernel, algebra and gradients in one autograd node
+
+The LU parametrisation (Glow's LU 1x1 conv, W = P L U with L, U and log|det W| = sum log_s from learned factors) has
+the same op from the layers' own parameters, so that a training step forms s = exp(log_scale) and W nowhere else:
+actnorm_invconv_lu (forward), actnorm_invconv_lu_backward (from the input), actnorm_invconv_lu_ref (reference) and
+lu_weight (W with its gradient in closed form, for the GPU backends and InvConv1x1LU). On the CPU the kernel forms
+everything, gradients included; on the GPU backends s and W are formed in torch ops around actnorm_invconv.
 """
 from typing import Optional, Tuple
 
@@ -187,3 +193,185 @@ def actnorm_invconv_inverse(y: Tensor, s: Tensor, b: Tensor, W: Tensor, logdet_w
     else:
         x = channel_affine(y, A_inv, -b)
     return x, -_logdet(y, s, W, logdet_w)
+
+
+# ---------------------------------------------------------------------------------------------- LU parametrisation
+def _lu_factors(lower: Tensor, upper: Tensor, log_s: Tensor, sign: Tensor):
+    """(L, U, d): L = I + strict lower part of lower, U = strict upper part of upper + diag(d), d = sign e^log_s."""
+    d = sign * torch.exp(log_s)
+    L = torch.tril(lower, -1)
+    L.diagonal().add_(1.0)  # unit diagonal, in place on tril's fresh output: no identity matrix per call
+    return L, torch.triu(upper, 1) + torch.diag(d), d
+
+
+class LUWeight(torch.autograd.Function):
+    """W = P L U (see _lu_factors) as one autograd node with its gradient in closed form: autograd's generic path
+    through the masks, the exp and two matrix products dispatches about twice the ops, each a host-side cost of its
+    own (kernel launches on a GPU).
+    dW -> M = P^T dW:  d lower = strict lower part of M U^T,  dU = L^T M:  d upper = its strict upper part,
+    d log_s = diag(dU) * sign e^log_s. The masked-out entries of `lower` and `upper` get zero gradient.
+    Under create_graph=True the backward forms L, U and d again from the factors, so that second derivatives see
+    W's dependence on them (the ones saved in forward carry no graph)."""
+
+    @staticmethod
+    def forward(ctx, lower, upper, log_s, P, sign):
+        L, U, d = _lu_factors(lower, upper, log_s, sign)
+        ctx.save_for_backward(lower, upper, log_s, P, sign, L, U, d)
+        return P @ (L @ U)
+
+    @staticmethod
+    def backward(ctx, dW):
+        lower, upper, log_s, P, sign, L, U, d = ctx.saved_tensors
+        if torch.is_grad_enabled():  # double backward: L, U, d as functions of the factors
+            L, U, d = _lu_factors(lower, upper, log_s, sign)
+        M = P.t() @ dW
+        dU = L.t() @ M
+        return torch.tril(M @ U.t(), -1), torch.triu(dU, 1), torch.diagonal(dU) * d, None, None
+
+
+def lu_weight(lower: Tensor, upper: Tensor, log_s: Tensor, P: Tensor, sign: Tensor) -> Tensor:
+    """The LU conv's weight W = P (I + strict lower part of lower) (strict upper part of upper + diag(sign e^log_s))."""
+    return LUWeight.apply(lower, upper, log_s, P, sign)
+
+
+def actnorm_invconv_lu_ref(x: Tensor, log_scale: Tensor, bias: Tensor, lower: Tensor, upper: Tensor, log_s: Tensor,
+                           P: Tensor, sign: Tensor) -> Tuple[Tensor, Tensor]:
+    """The unfused reference of actnorm_invconv_lu, in plain torch ops (autograd differentiates it, twice too)."""
+    C = lower.shape[0]
+    L = torch.tril(lower, -1) + torch.eye(C, dtype=lower.dtype, device=lower.device)
+    U = torch.triu(upper, 1) + torch.diag(sign.to(log_s.dtype) * log_s.exp())
+    W = P.to(L.dtype) @ L @ U
+    y, _ = actnorm_invconv_ref(x, log_scale.exp(), bias, W, log_s.sum())
+    ld = (x.shape[2] * x.shape[3]) * (log_scale.sum() + log_s.sum())  # log|s| = log_scale exactly
+    return y, ld.to(acc_dtype(x.dtype)).expand(x.shape[0])
+
+
+_LU_NAMES = ("log_scale", "bias", "lower", "upper", "log_s", "P", "sign")
+
+
+def _check_lu(op: str, x: Tensor, *params: Tensor) -> None:
+    check_nchw(x, op)
+    C = x.shape[1]
+    for name, t in zip(_LU_NAMES, params):
+        if not isinstance(t, Tensor):
+            raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(t).__name__}")
+        check_shape(op, name, t, (C, C) if name in ("lower", "upper", "P") else (C,), f" for x with {C} channels")
+    check_same_device(op, x=x, **dict(zip(_LU_NAMES, params)))
+
+
+def _lu_launch(op: str, kernel: str, **params) -> None:
+    """launch() of an LU-parametrised CPU kernel; its one refusal (code 2) at valid sizes is a P that is not a
+    permutation matrix, reported as that."""
+    try:
+        launch(kernel, "cpu", **params)
+    except RuntimeError:
+        P = params["P"]
+        ok = ((P == 0) | (P == 1)).all() and (P.sum(0) == 1).all() and (P.sum(1) == 1).all()
+        if not ok:
+            raise ValueError(f"{op}: P must be a permutation matrix (a single 1 in every row and column, zeros "
+                             "elsewhere)") from None
+        raise
+
+
+def _lu_kernel_params(acc, log_scale, lower, upper, log_s, P, sign) -> dict:
+    return dict(log_scale=_acc(log_scale, acc), lower=_acc(lower, acc), upper=_acc(upper, acc),
+                log_s=_acc(log_s, acc), sign=_acc(sign, acc), P=_acc(P, acc))
+
+
+def _cpu_lu_fwd(x, log_scale, b, lower, upper, log_s, P, sign) -> Tuple[Tensor, Tensor]:
+    """The CPU kernel's forward from the layers' parameters: s, W, A, c, the logdet and the pass in one call."""
+    B, C, H, W_ = x.shape
+    acc = acc_dtype(x.dtype)
+    if not x.numel():
+        return torch.empty_like(x), ((H * W_) * (log_scale.sum() + log_s.sum())).to(acc).expand(B)
+    y, ld = torch.empty_like(x), x.new_empty(B, dtype=acc)
+    lu = _lu_kernel_params(acc, log_scale, lower, upper, log_s, P, sign)
+    _lu_launch("actnorm_invconv_lu", "actnorm_invconv_fwd", x=x, b=_acc(b, acc), y=y, ld=ld, B=B, C=C,
+               HW=H * W_, **lu)
+    return y, ld
+
+
+def _cpu_lu_bwd(x, dy, dld, log_scale, b, lower, upper, log_s, P, sign):
+    """The CPU kernel's backward from the input: (dx or None, dlog_scale, dbias, dlower, dupper, dlog_s)."""
+    B, C, H, W_ = x.shape
+    acc = acc_dtype(x.dtype)
+    grads = [x.new_zeros(shape, dtype=acc) for shape in ((C,), (C,), (C, C), (C, C), (C,))]  # the kernel adds to them
+    dx = None if dy is None else torch.empty_like(x)
+    lu = _lu_kernel_params(acc, log_scale, lower, upper, log_s, P, sign)
+    _lu_launch("actnorm_invconv_lu_backward", "actnorm_invconv_bwd", x=x, b=_acc(b, acc), dy=dy,
+               dld=None if dld is None else _acc(dld, acc), dx=dx, dlog_scale=grads[0], db=grads[1],
+               dlower=grads[2], dupper=grads[3], dlog_s=grads[4], B=B, C=C, HW=H * W_,
+               chunk=pixel_chunk("cpu", B, H * W_), **lu)
+    return (dx, *grads)
+
+
+class ActNormInvConvLUFunction(torch.autograd.Function):
+    """Eager actnorm_invconv_lu on the CPU in one autograd node: the kernel forms every derived tensor forward and
+    every parameter gradient backward. Under create_graph=True (double backward) the reference is differentiated
+    instead, on the saved inputs, so the returned gradients carry their own graph."""
+
+    @staticmethod
+    def forward(ctx, x, log_scale, b, lower, upper, log_s, P, sign):
+        ctx.save_for_backward(x, log_scale, b, lower, upper, log_s, P, sign)
+        ctx.set_materialize_grads(False)  # a loss without y must not cost a kernel pass over zeros
+        return _cpu_lu_fwd(x, log_scale, b, lower, upper, log_s, P, sign)
+
+    @staticmethod
+    def backward(ctx, dy, dld):
+        x, *params = ctx.saved_tensors
+        wanted = ctx.needs_input_grad[:6]
+        if torch.is_grad_enabled():
+            ins = [x] + params[:5]
+            y, ld = actnorm_invconv_lu_ref(x, *params)
+            outs = [(o, g) for o, g in ((y, dy), (ld, dld)) if g is not None]
+            got = iter(torch.autograd.grad([o for o, _ in outs], [t for t, w in zip(ins, wanted) if w],
+                                           [g for _, g in outs], create_graph=True, allow_unused=True))
+            return tuple(next(got) if w else None for w in wanted) + (None, None)
+        grads = _cpu_lu_bwd(x, None if dy is None else dy.contiguous(), dld, *params)
+        return tuple(g.to(t.dtype) if w and g is not None else None
+                     for g, t, w in zip(grads, [x] + params[:5], wanted)) + (None, None)
+
+
+def actnorm_invconv_lu(x: Tensor, log_scale: Tensor, bias: Tensor, lower: Tensor, upper: Tensor, log_s: Tensor,
+                       P: Tensor, sign: Tensor) -> Tuple[Tensor, Tensor]:
+    """Fused ActNorm + LU-parametrised invertible 1x1 conv from the layers' parameters: y = W diag(s) (x + b) with
+    s = exp(log_scale) and W = P L U, L = I + strict lower part of `lower`, U = strict upper part of `upper` +
+    diag(sign e^log_s) (ActNorm2d's log_scale and bias, InvConv1x1LU's lower, upper, log_s, P and sign_s).
+    Returns (y, logdet (B,)), logdet = H*W*(sum log_scale + sum log_s). P must be a permutation matrix."""
+    params = (log_scale, bias, lower, upper, log_s, P, sign)
+    _check_lu("actnorm_invconv_lu", x, *params)
+    backend = pick_backend(x, max_channels)
+    if backend == "torch":
+        with no_autocast(x):  # W must be exact for the inverse to match
+            return actnorm_invconv_lu_ref(x, *params)
+    if backend != "cpu" or torch.compiler.is_compiling():
+        with no_autocast(x):
+            W = lu_weight(lower, upper, log_s, P, sign)
+            return actnorm_invconv(x, log_scale.exp(), bias, W, log_s.sum())
+    if needs_grad(x, *params):
+        return ActNormInvConvLUFunction.apply(x.contiguous(), *params)
+    return _cpu_lu_fwd(x.contiguous(), *params)
+
+
+def actnorm_invconv_lu_backward(x: Tensor, dy: Optional[Tensor], dlogdet: Optional[Tensor], log_scale: Tensor,
+                                bias: Tensor, lower: Tensor, upper: Tensor, log_s: Tensor, P: Tensor,
+                                sign: Tensor) -> Tuple[Optional[Tensor], Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """The backward of actnorm_invconv_lu from its input x, without its forward (reversible backprop): (dx,
+    dlog_scale, dbias, dlower, dupper, dlog_s) for upstream gradients dy of y and dlogdet (B,) of the logdet (either
+    may be None). Gradients in the accumulation dtype. Not differentiable again."""
+    params = (log_scale, bias, lower, upper, log_s, P, sign)
+    _check_lu("actnorm_invconv_lu_backward", x, *params)
+    params = tuple(t.detach() for t in params)
+    backend = pick_backend(x, max_channels)
+    if backend == "cpu" and x.numel():
+        return _cpu_lu_bwd(x.contiguous(), None if dy is None else dy.contiguous(), dlogdet, *params)
+    acc = acc_dtype(x.dtype)
+    log_scale, bias, lower, upper, log_s, P, sign = params
+    with torch.enable_grad():  # s and W through their own algebra, then autograd down to the factors
+        factors = [t.to(acc).requires_grad_(True) for t in (log_scale, lower, upper, log_s)]
+        s = factors[0].exp()
+        W = lu_weight(factors[1], factors[2], factors[3], P.to(acc), sign.to(acc))
+        ldw = factors[3].sum()
+    dx, ds, db, dW, g = _backward(x.contiguous(), dy, dlogdet, s.detach(), bias, W.detach(), None, backend)
+    dls, dl, du, dlogs = torch.autograd.grad([s, W, ldw], factors, [ds, dW, g])
+    return dx, dls, db, dl, du, dlogs

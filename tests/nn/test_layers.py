@@ -5,6 +5,7 @@ import torch
 from _helpers import randomize_, rel_err
 
 import flowkern
+from flowkern import ops
 from flowkern import (ActNorm2d, AffineCoupling, FlowStep, Glow, InvConv1x1, InvConv1x1LU, Split, Squeeze2d,
                       TopPrior)
 
@@ -342,7 +343,6 @@ def test_bits_per_dim_and_dequantization():
 def test_lu_weight_closed_form_gradient():
     """InvConv1x1LU's weight W = P L U is one autograd node with a closed-form backward: gradcheck in float64, and the
     same values and gradients as the masked formula through autograd (masked-out entries get zero gradient)."""
-    from flowkern.nn.invconv import LUWeight
     m = randomize_(InvConv1x1LU(5).double(), scale=0.3)
     args = [p.detach().clone().requires_grad_(True) for p in (m.lower, m.upper, m.log_s)]
 
@@ -350,7 +350,7 @@ def test_lu_weight_closed_form_gradient():
         L = lower * m.lower_mask + m.eye
         return m.P @ L @ (upper * m.lower_mask.T + torch.diag(m.sign_s * torch.exp(log_s)))
 
-    fused = lambda a, b, c: LUWeight.apply(a, b, c, m.P, m.sign_s, m.eye)  # noqa: E731
+    fused = lambda a, b, c: ops.lu_weight(a, b, c, m.P, m.sign_s)  # noqa: E731
     assert torch.autograd.gradcheck(fused, args)
     R = torch.randn(5, 5, dtype=torch.float64)
     torch.testing.assert_close(fused(*args), masked(*args), rtol=0, atol=1e-15)
