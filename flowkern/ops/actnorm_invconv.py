@@ -361,12 +361,11 @@ def actnorm_invconv_lu_backward(x: Tensor, dy: Optional[Tensor], dlogdet: Option
     may be None). Gradients in the accumulation dtype. Not differentiable again."""
     params = (log_scale, bias, lower, upper, log_s, P, sign)
     _check_lu("actnorm_invconv_lu_backward", x, *params)
-    params = tuple(t.detach() for t in params)
     backend = pick_backend(x, max_channels)
-    if backend == "cpu" and x.numel():
+    if backend == "cpu" and x.numel():  # the kernel reads the parameters' data: nothing for autograd to record
         return _cpu_lu_bwd(x.contiguous(), None if dy is None else dy.contiguous(), dlogdet, *params)
     acc = acc_dtype(x.dtype)
-    log_scale, bias, lower, upper, log_s, P, sign = params
+    log_scale, bias, lower, upper, log_s, P, sign = (t.detach() for t in params)
     with torch.enable_grad():  # s and W through their own algebra, then autograd down to the factors
         factors = [t.to(acc).requires_grad_(True) for t in (log_scale, lower, upper, log_s)]
         s = factors[0].exp()
