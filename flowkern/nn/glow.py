@@ -1,4 +1,4 @@
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -22,21 +22,31 @@ class Glow(nn.Module):
     backward recomputes `recompute_chunk` samples at a time (None: the whole batch).
     context: optional (B, context_channels, H, W) tensor at the input resolution; each level squeezes it along
     with x, so level l's couplings and priors see context_channels * 4^(l+1) channels at their resolution.
+    A context pyramid instead: context_channels a sequence of one channel count per level, and the context a
+    sequence of tensors, level l's (B, context_channels[l], H / 2^(l+1), W / 2^(l+1)) at that level's resolution
+    (a conditioning network's features: CGlow's label and state pyramids, the RFN's conditioning network).
     coupling_net: the couplings' NN, "glow" or "gatu" (flowkern.nn.coupling_network).
     """
 
     def __init__(self, in_channels: int, levels: int, steps: int, hidden: int = 512, affine: bool = True,
-                 lu: bool = True, context_channels: int = 0, learn_priors: bool = True, reversible: bool = False,
-                 recompute_chunk: Optional[int] = DEFAULT_RECOMPUTE_CHUNK, coupling_net: str = "glow"):
+                 lu: bool = True, context_channels: Union[int, Sequence[int]] = 0, learn_priors: bool = True,
+                 reversible: bool = False, recompute_chunk: Optional[int] = DEFAULT_RECOMPUTE_CHUNK,
+                 coupling_net: str = "glow"):
         super().__init__()
         if levels < 1 or steps < 1:
             raise ValueError(f"Glow needs levels >= 1 and steps >= 1, got levels={levels}, steps={steps}")
+        self.pyramid = not isinstance(context_channels, int)
+        if self.pyramid:
+            context_channels = tuple(int(c) for c in context_channels)
+            if len(context_channels) != levels or min(context_channels) < 1:
+                raise ValueError(f"Glow: a context pyramid needs one positive channel count per level ({levels}), "
+                                 f"got context_channels={context_channels}")
         self.in_channels, self.levels, self.context_channels = in_channels, levels, context_channels
         self.flows = nn.ModuleList()
         self.splits = nn.ModuleList()
-        c, ctx = in_channels, context_channels
+        c, ctx = in_channels, 0 if self.pyramid else context_channels
         for level in range(levels):
-            c, ctx = c * 4, ctx * 4
+            c, ctx = c * 4, context_channels[level] if self.pyramid else ctx * 4
             self.flows.append(FlowSequence((FlowStep(c, hidden, ctx, affine, lu, coupling_net) for _ in range(steps)),
                                            reversible=reversible, recompute_chunk=recompute_chunk))
             if level < levels - 1:
@@ -59,7 +69,18 @@ class Glow(nn.Module):
         f = 2 ** self.levels
         if H % f or W % f:
             raise ValueError(f"Glow with {self.levels} levels needs height and width divisible by {f}, got {H}x{W}")
-        if self.context_channels:
+        if self.pyramid:
+            if not isinstance(context, (list, tuple)) or len(context) != self.levels:
+                got = type(context).__name__ if not isinstance(context, (list, tuple)) else f"{len(context)} tensors"
+                raise ValueError(f"Glow: built with a context pyramid, so the context must be a list of {self.levels} "
+                                 f"tensors (one per level), got {got}")
+            for level, (ctx, c) in enumerate(zip(context, self.context_channels)):
+                want = (x.shape[0], c, H >> (level + 1), W >> (level + 1))
+                if not isinstance(ctx, torch.Tensor) or tuple(ctx.shape) != want:
+                    got = tuple(ctx.shape) if isinstance(ctx, torch.Tensor) else type(ctx).__name__
+                    raise ValueError(f"Glow: level {level}'s context must have shape {want} for input "
+                                     f"{tuple(x.shape)}, got {got}")
+        elif self.context_channels:
             want = (x.shape[0], self.context_channels, H, W)
             if context is None or tuple(context.shape) != want:
                 got = None if context is None else tuple(context.shape)
@@ -68,6 +89,8 @@ class Glow(nn.Module):
             raise ValueError("Glow: got a context tensor but was built with context_channels=0")
 
     def _level_contexts(self, context) -> List[Optional[torch.Tensor]]:
+        if self.pyramid and context is not None:
+            return list(context)
         out = []
         for _ in range(self.levels):
             context = None if context is None else squeeze2d(context)
@@ -151,7 +174,11 @@ class Glow(nn.Module):
                generator: Optional[torch.Generator] = None) -> torch.Tensor:
         """Draw n samples with every prior's std scaled by `temperature` (0 gives the deterministic mode).
         The size comes from `image_size`, else the context, else the data seen in training."""
-        size = image_size or (tuple(context.shape[2:]) if context is not None else self.image_size)
+        if context is not None and self.pyramid:  # level 0's context is at half the input resolution
+            context_size = tuple(2 * v for v in context[0].shape[2:])
+        else:
+            context_size = None if context is None else tuple(context.shape[2:])
+        size = image_size or context_size or self.image_size
         if size is None:
             raise ValueError("Glow.sample: pass image_size=(H, W) (the model has not seen data yet)")
         p = next(self.parameters())
