@@ -4,6 +4,7 @@ Every dataset yields uint8 clips of shape (T, C, H, W); use flowkern.preprocess 
 Procedural datasets are deterministic functions of (seed, index), so a run (and its resumption) sees exactly the
 same data, on any number of ranks.
 """
+import functools
 import math
 import os
 from typing import List, Optional, Sequence
@@ -61,8 +62,22 @@ class StochasticMovement(Dataset):
 
     def params(self, i: int):
         rng = np.random.default_rng([self.seed, i])
-        return dict(kind=SHAPES[rng.integers(3)], color=self.palette[rng.integers(len(self.palette))],
+        kind = SHAPES[rng.integers(3)]
+        color_index = int(rng.integers(len(self.palette)))
+        return dict(kind=kind, color=self.palette[color_index], color_index=color_index,
                     radius=float(rng.uniform(self.min_radius, self.max_radius)), direction=int(rng.integers(8)))
+
+    LABELS = ("shape", "direction", "color")
+
+    def num_labels(self, kind: str) -> int:
+        """How many values a label of this kind takes: 3 shapes, 8 directions, the palette's colours."""
+        return {"shape": len(SHAPES), "direction": len(DIRECTIONS), "color": len(self.palette)}[_label_kind(kind)]
+
+    def label(self, i: int, kind: str) -> int:
+        """Clip i's label: its shape (the first frame shows it), its direction (the motion) or its colour."""
+        p = self.params(i)
+        return {"shape": SHAPES.index(p["kind"]), "direction": p["direction"],
+                "color": p["color_index"]}[_label_kind(kind)]
 
     def position(self, i: int, t: float):
         """(y, x) of clip i's object centre at time t (frame index; any real t)."""
@@ -84,6 +99,12 @@ class StochasticMovement(Dataset):
 
     def __getitem__(self, i: int) -> torch.Tensor:
         return self.render(i, range(self.frames))
+
+
+def _label_kind(kind: str) -> str:
+    if kind not in StochasticMovement.LABELS:
+        raise ValueError(f"StochasticMovement: label kind must be one of {StochasticMovement.LABELS}, got {kind!r}")
+    return kind
 
 
 def _digit_glyphs(height: int) -> List[np.ndarray]:
@@ -333,6 +354,7 @@ class VideoFolder(Dataset):
         if not os.path.isdir(root):
             raise ValueError(f"VideoFolder: {root!r} is not a directory")
         self.frames, self.size, self.stride, self.channels = frames, size, stride or frames, channels
+        self.root = os.path.normpath(root)
         self.files = sorted(os.path.join(dp, f) for dp, _, fs in os.walk(root) for f in fs
                             if f.lower().endswith(tuple(extensions)))
         if not self.files:
@@ -350,6 +372,26 @@ class VideoFolder(Dataset):
     def __len__(self):
         return len(self.index)
 
+    @functools.cached_property
+    def classes(self) -> List[str]:
+        """The class names of a labelled folder: its sub-folders that hold videos, sorted (label k = classes[k])."""
+        names = sorted({os.path.relpath(path, self.root).split(os.sep)[0] for path in self.files})
+        loose = [f for f in self.files if os.path.normpath(os.path.dirname(f)) == self.root]
+        if loose:
+            raise ValueError(f"VideoFolder: labels come from one sub-folder per class, but {loose[0]!r} sits in "
+                             f"{self.root!r} itself")
+        return names
+
+    def num_labels(self, kind: str = "folder") -> int:
+        return len(self.classes)
+
+    def label(self, i: int, kind: str = "folder") -> int:
+        """The class of clip i: the index of its file's top sub-folder in `classes`."""
+        if kind != "folder":
+            raise ValueError(f"VideoFolder: its only label kind is 'folder' (one sub-folder per class), got {kind!r}")
+        path = self.index[i][0]
+        return self.classes.index(os.path.relpath(path, self.root).split(os.sep)[0])
+
     def __getitem__(self, i):
         path, start = self.index[i]
         clip = torch.from_numpy(self.videos[path].read(start, start + self.frames)).permute(0, 3, 1, 2).float()
@@ -362,3 +404,18 @@ class VideoFolder(Dataset):
         if clip.shape[-2:] != (self.size, self.size):
             clip = torch.nn.functional.interpolate(clip, size=(self.size, self.size), mode="area")
         return clip.round().clamp(0, 255).to(torch.uint8)
+
+
+class Labelled(Dataset):
+    """(clip, label) pairs of a dataset with labels (StochasticMovement: kind "shape", "direction" or "color";
+    VideoFolder: "folder", one sub-folder per class): what a label-conditioned model (CGlow) trains on."""
+
+    def __init__(self, dataset, kind: str):
+        self.dataset, self.kind = dataset, kind
+        self.num_labels = dataset.num_labels(kind)  # checks the kind (and a folder's layout) now, not mid-run
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, i):
+        return self.dataset[i], self.dataset.label(i, self.kind)

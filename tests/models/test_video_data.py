@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from flowkern.models.data import DIRECTIONS, StochasticMovement, StochasticMovingDigits, VideoFolder, read_video
+from flowkern.models.data import (DIRECTIONS, SHAPES, Labelled, StochasticMovement, StochasticMovingDigits, VideoFolder,
+                                  read_video)
 
 
 def centroid(frame, background=128):
@@ -171,3 +172,45 @@ def test_loader_benchmark_runs_and_cleans_up(tmp_path):
     assert {r["access"] for r in rows} == {"shuffled", "in order"}
     assert all(r["bench"] == "video_data" and r["clips_per_s"] > 0 for r in rows)  # no speed is asserted
     assert os.listdir(tmp_path) == []  # its videos were written to a temporary folder, then removed
+
+
+def test_stochastic_movement_labels_are_the_clip_parameters():
+    """Labels for label-conditioned models: the shape (what the first frame shows), the direction, the colour; the
+    clips themselves unchanged by adding them (same random draws)."""
+    ds = StochasticMovement(num_videos=40, frames=3, size=32, seed=4)
+    assert ds.num_labels("shape") == 3 and ds.num_labels("direction") == 8 and ds.num_labels("color") == 8
+    pairs = Labelled(ds, "direction")
+    assert len(pairs) == 40 and pairs.num_labels == 8
+    for i in range(40):
+        clip, direction = pairs[i]
+        assert torch.equal(clip, ds[i])
+        p = ds.params(i)
+        assert direction == p["direction"] and ds.label(i, "shape") == SHAPES.index(p["kind"])
+        assert (ds.palette[ds.label(i, "color")] == p["color"]).all()
+        (y0, x0), (y1, x1) = centroid(clip[0]), centroid(clip[2])
+        dx, dy = DIRECTIONS[direction]
+        assert (x1 - x0) * dx + (y1 - y0) * dy > 0  # the label is the way the object moves
+    assert len({ds.label(i, "shape") for i in range(40)}) == 3
+    with pytest.raises(ValueError, match="label kind must be one of"):
+        Labelled(ds, "size")
+
+
+def test_video_folder_labels_from_class_sub_folders(tmp_path):
+    rng = np.random.default_rng(0)
+    for name, n in (("walk", 2), ("jump", 1)):
+        (tmp_path / name / "deeper").mkdir(parents=True)
+        for k in range(n):
+            np.save(tmp_path / name / f"{k}.npy", rng.integers(0, 256, (6, 8, 8, 3), dtype=np.uint8))
+    np.save(tmp_path / "walk" / "deeper" / "x.npy", rng.integers(0, 256, (3, 8, 8, 3), dtype=np.uint8))
+    ds = VideoFolder(str(tmp_path) + "/", frames=3, size=8)
+    pairs = Labelled(ds, "folder")
+    assert ds.classes == ["jump", "walk"] and pairs.num_labels == 2
+    labels = [pairs[i][1] for i in range(len(pairs))]
+    want = [0 if "jump" in path else 1 for path, _ in ds.index]
+    assert labels == want and set(labels) == {0, 1}
+    assert torch.equal(pairs[0][0], ds[0])
+    with pytest.raises(ValueError, match="only label kind is 'folder'"):
+        ds.label(0, "shape")
+    np.save(tmp_path / "loose.npy", rng.integers(0, 256, (6, 8, 8, 3), dtype=np.uint8))
+    with pytest.raises(ValueError, match="one sub-folder per class, but .*loose.npy"):
+        Labelled(VideoFolder(str(tmp_path), frames=3, size=8), "folder")
