@@ -230,7 +230,8 @@ def model_from_checkpoint(state, path):
 FLAG_OF_FIELD = {"levels": "--levels", "steps": "--flow-steps", "hidden": "--hidden", "context": "--context",
                  "n_bits": "--n-bits", "image_size": "--image-size", "recompute_chunk": "--recompute-chunk",
                  "skip": "--skip", "affine": "--coupling", "coupling_net": "--coupling-net",
-                 "pad_context": "--pad-context"}
+                 "pad_context": "--pad-context", "prior_blocks": "--prior-blocks", "prior_hidden": "--prior-hidden",
+                 "prior_channels": "--prior-channels"}
 
 
 def resolve_config(args) -> VideoFlowConfig:
@@ -238,8 +239,11 @@ def resolve_config(args) -> VideoFlowConfig:
     overrides = {"levels": args.levels, "steps": args.flow_steps, "hidden": args.hidden, "context": args.context,
                  "n_bits": args.n_bits, "image_size": args.image_size, "recompute_chunk": args.recompute_chunk,
                  "skip": args.skip, "affine": None if args.coupling is None else args.coupling == "affine",
-                 "coupling_net": args.coupling_net, "pad_context": args.pad_context}
+                 "coupling_net": args.coupling_net, "pad_context": args.pad_context,
+                 "prior_blocks": args.prior_blocks, "prior_hidden": args.prior_hidden}
     cfg = dataclasses.replace(CONFIGS[args.config], **{k: v for k, v in overrides.items() if v is not None})
+    if args.prior_channels is not None:  # "input" stands for None, the input's width
+        cfg = dataclasses.replace(cfg, prior_channels=None if args.prior_channels == "input" else args.prior_channels)
     T = args.window or args.frames
     if args.window is not None and args.window > args.frames:
         raise UsageError(f"--window {args.window}: expected at most --frames ({args.frames})")
@@ -641,6 +645,15 @@ unit_float = _float_check(lambda v: 0 <= v <= 1, "a number from 0 to 1")
 adam_beta = _float_check(lambda v: 0 <= v < 1, "a number in [0, 1)")
 
 
+def prior_width(text):
+    if text == "input":
+        return text
+    try:
+        return positive_int(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or 'input', got {text!r}") from None
+
+
 def data_source(text):
     if text in ("shapes", "digits"):
         return text
@@ -704,8 +717,11 @@ def parser():
                        help="delete the run in OUT (checkpoint, log, samples) and start again")
     v.add_argument("--tensorboard", action="store_true")
     v.add_argument("--device", choices=["auto", "cpu"], default="auto")
-    for name in ("levels", "flow-steps", "hidden", "context"):
+    for name in ("levels", "flow-steps", "hidden", "context", "prior-blocks", "prior-hidden"):
         v.add_argument(f"--{name}", type=positive_int, default=None, help="override the config's value")
+    v.add_argument("--prior-channels", type=prior_width, default=None,
+                   help="override the config's width of the prior network's residual stream: N, or 'input' (the "
+                        "width of its input, as in the reference code)")
     v.add_argument("--n-bits", type=n_bits_int, default=None, help="override the config's value")
     v.add_argument("--skip", action=argparse.BooleanOptionalAction, default=None,
                    help="override the config's latent skip (prior mean = previous latent + delta; the paper has it, "

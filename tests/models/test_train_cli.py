@@ -222,3 +222,21 @@ def test_adam_beta_of_one_is_refused_as_an_argument(capsys):
     with pytest.raises(SystemExit):
         train_cli.parser().parse_args(["videoflow", "--adam-betas", "0.9", "1"])
     assert "--adam-betas: expected a number in [0, 1), got '1'" in capsys.readouterr().err
+
+
+def test_model_overrides_reach_the_config():
+    """Every model flag lands in the config the run trains (the prior network's size included), and a bad value is
+    refused by argparse with the flag's name."""
+    args = train_cli.parser().parse_args(
+        ["videoflow", "--config", "shapes-small", "--levels", "2", "--image-size", "16", "--prior-blocks", "4",
+         "--prior-hidden", "96", "--prior-channels", "input", "--no-skip", "--coupling", "affine",
+         "--coupling-net", "gatu", "--no-pad-context"])
+    cfg = train_cli.resolve_config(args)
+    assert (cfg.levels, cfg.image_size, cfg.prior_blocks, cfg.prior_hidden, cfg.prior_channels) == (2, 16, 4, 96, None)
+    assert (cfg.skip, cfg.affine, cfg.coupling_net, cfg.pad_context) == (False, True, "gatu", False)
+    args = train_cli.parser().parse_args(["videoflow", "--config", "shapes-small", "--prior-channels", "64"])
+    assert train_cli.resolve_config(args).prior_channels == 64
+    assert train_cli.resolve_config(train_cli.parser().parse_args(["videoflow", "--config", "shapes-small"])) \
+        == train_cli.CONFIGS["shapes-small"]
+    with pytest.raises(SystemExit):
+        train_cli.parser().parse_args(["videoflow", "--prior-channels", "wide"])
