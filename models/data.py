@@ -383,12 +383,12 @@ class VideoFolder(Dataset):
         return names
 
     def num_labels(self, kind: str = "folder") -> int:
+        _folder_kind(kind)
         return len(self.classes)
 
     def label(self, i: int, kind: str = "folder") -> int:
         """The class of clip i: the index of its file's top sub-folder in `classes`."""
-        if kind != "folder":
-            raise ValueError(f"VideoFolder: its only label kind is 'folder' (one sub-folder per class), got {kind!r}")
+        _folder_kind(kind)
         path = self.index[i][0]
         return self.classes.index(os.path.relpath(path, self.root).split(os.sep)[0])
 
@@ -404,6 +404,11 @@ class VideoFolder(Dataset):
         if clip.shape[-2:] != (self.size, self.size):
             clip = torch.nn.functional.interpolate(clip, size=(self.size, self.size), mode="area")
         return clip.round().clamp(0, 255).to(torch.uint8)
+
+
+def _folder_kind(kind: str) -> None:
+    if kind != "folder":
+        raise ValueError(f"VideoFolder: its only label kind is 'folder' (one sub-folder per class), got {kind!r}")
 
 
 class Labelled(Dataset):

@@ -211,6 +211,8 @@ def test_video_folder_labels_from_class_sub_folders(tmp_path):
     assert torch.equal(pairs[0][0], ds[0])
     with pytest.raises(ValueError, match="only label kind is 'folder'"):
         ds.label(0, "shape")
+    with pytest.raises(ValueError, match="only label kind is 'folder'"):
+        Labelled(ds, "direction")
     np.save(tmp_path / "loose.npy", rng.integers(0, 256, (6, 8, 8, 3), dtype=np.uint8))
     with pytest.raises(ValueError, match="one sub-folder per class, but .*loose.npy"):
         Labelled(VideoFolder(str(tmp_path), frames=3, size=8), "folder")
