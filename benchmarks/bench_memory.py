@@ -131,6 +131,23 @@ def videoflow_per_frame(device, suite):
     return rows
 
 
+def cglow_per_frame(device, suite):
+    """CGlow (`small`: 3 levels x 4 steps, hidden 64, 32x32, variant "state", batch 2): the real peak of a training
+    step vs clip length T and the memory each extra frame adds, in frames (2 x 3 x 32 x 32 floats), plain autograd vs
+    flowkern's reversible levels, with the state's gradient through the whole clip and truncated to 4 frames."""
+    from flowkern.models.cglow import CONFIGS, training_step_peak
+    Ts, size = ([3, 5], 16) if suite == "smoke" else ([8, 16, 32, 64], 32)
+    frame = 2 * 3 * size * size * 4
+    rows = []
+    for mode, reversible, tbptt in (("plain", False, None), ("flowkern", True, None), ("flowkern, tbptt 4", True, 4)):
+        cfg = dataclasses.replace(CONFIGS["small"], variant="state", num_labels=0, image_size=size,
+                                  reversible=reversible, tbptt=tbptt)
+        peaks = [training_step_peak(cfg, 2, T, device).peak_bytes for T in Ts]
+        rows.append({"bench": "cglow_per_frame", "mode": mode, **{f"T={T}_MiB": p / MiB for T, p in zip(Ts, peaks)},
+                     "per_frame_frames": (peaks[-1] - peaks[-2]) / (Ts[-1] - Ts[-2]) / frame})
+    return rows
+
+
 def videoflow_bair_estimate(device, suite, budget_bytes):
     """VideoFlow `bair` (the paper's model) at 64x64: the training step's peak vs clip length T at batch 8, and at the
     paper's batch 40 on full 13-frame clips, plain autograd vs flowkern; the longest clip within the budget at batch 8

@@ -34,6 +34,7 @@ OP_BENCHMARKS = [bench_channel_affine, bench_actnorm_invconv, bench_actnorm_invc
 DEPTH = "Memory vs depth (one Glow level)"
 GLOW_DEPTH = "Memory vs depth (3-level Glow, reduced size)"
 PER_FRAME = "VideoFlow memory per extra frame (real peak, small model)"
+CGLOW_PER_FRAME = "CGlow memory per extra frame (real peak, small model)"
 BAIR = "VideoFlow bair: memory vs clip length"
 PLAN = "VideoFlow bair: memory plan (fitted to three measured steps)"
 CHECK = "Meta-device estimate vs real measurement"
@@ -125,6 +126,7 @@ def main(argv=None):
             bar.update(1)
         if "clip" in want:
             sections[PER_FRAME] = bench_memory.videoflow_per_frame(device, suite)
+            sections[CGLOW_PER_FRAME] = bench_memory.cglow_per_frame(device, suite)
             sections[BAIR], sections[PLAN], sections[CHECK] = bench_memory.videoflow_bair_estimate(
                 device, suite, budget)
             bar.update(1)

@@ -26,6 +26,7 @@ from torch import nn
 
 import flowkern
 from flowkern import ActNorm2d, Glow
+from flowkern.memory import peak_memory
 
 VARIANTS = ("init", "prev_frame", "state", "state_label")
 
@@ -122,13 +123,14 @@ class CGlow(nn.Module):
     def frame_dims(self) -> int:
         return self.cfg.in_channels * self.cfg.image_size ** 2
 
-    def _check(self, video: torch.Tensor, labels: Optional[torch.Tensor]):
+    def _check(self, video: torch.Tensor, labels: Optional[torch.Tensor], labels_needed: bool = True):
         cfg = self.cfg
         want = (cfg.in_channels, cfg.image_size, cfg.image_size)
         if video.dim() != 5 or tuple(video.shape[2:]) != want:
             raise ValueError(f"CGlow: expected a video of shape (B, T, {want[0]}, {want[1]}, {want[2]}), got "
                              f"{tuple(video.shape)}")
-        self._check_labels(labels, video.shape[0])
+        if labels_needed or labels is not None:
+            self._check_labels(labels, video.shape[0])
 
     def _check_labels(self, labels, batch):
         n = self.cfg.num_labels
@@ -139,7 +141,7 @@ class CGlow(nn.Module):
         if labels is None or labels.shape != (batch,) or labels.dtype not in (torch.int32, torch.int64):
             got = None if labels is None else f"{tuple(labels.shape)} {labels.dtype}"
             raise ValueError(f"CGlow: variant 'state_label' needs integer labels of shape ({batch},), got {got}")
-        if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= n):
+        if labels.numel() and labels.device.type != "meta" and (int(labels.min()) < 0 or int(labels.max()) >= n):
             raise ValueError(f"CGlow: labels must lie in [0, {n}), got {int(labels.min())}..{int(labels.max())}")
 
     def _head_context(self, labels: Optional[torch.Tensor]):
@@ -157,18 +159,36 @@ class CGlow(nn.Module):
         state = self.processor(state, prev)
         return self.tail_pyramid(torch.cat([state, prev], 1)), state
 
-    def log_prob_frames(self, video: torch.Tensor, labels: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """log p(x_t | x_<t [, label]) in nats for every frame: (B, T). video (B, T, C, H, W) in [-0.5, 0.5]."""
+    def _log_prob_windows(self, video: torch.Tensor, labels: Optional[torch.Tensor]):
+        """Yields log p of the frames window by window, (B, w) each: the head's frame with the first `tbptt` tail
+        frames, then `tbptt` tail frames at a time (one window: the whole clip). No gradient crosses a window: the
+        state is detached at its start (truncated backprop through the state chain)."""
         self._check(video, labels)
-        B, T = video.shape[:2]
+        T, w = video.shape[1], self.cfg.tbptt or video.shape[1]
         out = [self.head.log_prob(video[:, 0], self._head_context(labels))]
         state = None
         for t in range(1, T):
-            if self.cfg.tbptt is not None and state is not None and (t - 1) % self.cfg.tbptt == 0:
-                state = state.detach()  # truncated backprop through the state chain
+            if t > 1 and (t - 1) % w == 0:
+                yield torch.stack(out, 1)
+                out, state = [], None if state is None else state.detach()
             ctx, state = self._tail_context(state, video[:, t - 1])
             out.append(self.tail.log_prob(video[:, t], ctx))
-        return torch.stack(out, 1)
+        yield torch.stack(out, 1)
+
+    def log_prob_frames(self, video: torch.Tensor, labels: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """log p(x_t | x_<t [, label]) in nats for every frame: (B, T). video (B, T, C, H, W) in [-0.5, 0.5]."""
+        return torch.cat(list(self._log_prob_windows(video, labels)), 1)
+
+    def backward_by_window(self, video: torch.Tensor, labels: Optional[torch.Tensor] = None,
+                           weight: float = 1.0) -> torch.Tensor:
+        """Accumulate the gradients of -weight * (sum of every frame's log p) one `tbptt` window at a time, each
+        window's graph freed before the next is built: the gradients of log_prob_frames(...).sum() (the same
+        truncation), in the memory of one window rather than of the clip. Returns the log p (B, T), detached."""
+        parts = []
+        for lp in self._log_prob_windows(video, labels):
+            (-weight * lp.sum()).backward()
+            parts.append(lp.detach())
+        return torch.cat(parts, 1)
 
     def forward(self, video, labels=None):
         return self.log_prob_frames(video, labels)
@@ -178,15 +198,16 @@ class CGlow(nn.Module):
         return flowkern.bits_per_dim(self.log_prob_frames(video, labels), self.frame_dims, self.cfg.n_bits)
 
     @torch.no_grad()
-    def generate(self, num_frames: int, labels: Optional[torch.Tensor] = None, context: Optional[torch.Tensor] = None,
-                 batch_size: Optional[int] = None, temperature: float = 1.0,
-                 generator: Optional[torch.Generator] = None) -> torch.Tensor:
-        """Sample num_frames frames after `context` (B, c, C, H, W) (or from scratch: the head first), every prior's
-        std scaled by temperature. Returns (B, c + num_frames, C, H, W) in [-0.5, 0.5]-space."""
+    def generate(self, context: Optional[torch.Tensor], num_frames: int, temperature: float = 1.0,
+                 batch_size: Optional[int] = None, generator: Optional[torch.Generator] = None,
+                 labels: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Continue `context` (B, c, C, H, W) in [-0.5, 0.5] by num_frames frames (context None: from scratch, the
+        head's frame first; B from batch_size or labels), every prior's std scaled by temperature. The same call as
+        VideoFlow.generate, plus the labels of variant "state_label". Returns (B, c + num_frames, C, H, W)."""
         size = (self.cfg.image_size,) * 2
-        if context is not None:
+        if context is not None:  # only the head reads labels: a continuation needs none
             B = context.shape[0]
-            self._check(context, labels)
+            self._check(context, labels, labels_needed=False)
             frames = list(context.unbind(1))
         else:
             B = batch_size if batch_size is not None else (None if labels is None else labels.shape[0])
@@ -206,3 +227,22 @@ class CGlow(nn.Module):
     def config_dict(self) -> dict:
         return asdict(self.cfg)
 
+
+
+def training_step_peak(cfg: CGlowConfig, batch: int, frames: int, device="meta"):
+    """The real peak memory (flowkern.memory.PeakMemory: every storage alive) of one training step, forward and
+    backward of the mean per-frame NLL, of a fresh CGlow(cfg) on `batch` clips of `frames` frames (labels 0 where the
+    variant takes them); with cfg.tbptt, window by window (backward_by_window), as training runs it. On the meta
+    device it runs on shapes alone."""
+    with torch.device(device):
+        model = CGlow(cfg)
+        video = torch.rand(batch, frames, cfg.in_channels, cfg.image_size, cfg.image_size) - 0.5
+        labels = torch.zeros(batch, dtype=torch.long) if cfg.num_labels else None
+    for m in model.modules():  # the data-dependent init is not part of a training step
+        if isinstance(m, ActNorm2d):
+            m.mark_initialized()
+    if cfg.tbptt is None:
+        step = lambda: (-model.log_prob_frames(video, labels).mean()).backward()  # noqa: E731
+    else:
+        step = lambda: model.backward_by_window(video, labels, 1.0 / (batch * frames))  # noqa: E731
+    return peak_memory(step, model, video)

@@ -1,7 +1,8 @@
 """Sample videos from a trained checkpoint: `python -m flowkern.models.sample --checkpoint runs/x/checkpoint.pt`.
 
-Continues held-out clips of the checkpoint's dataset from their first frames (the model's context length), or
-samples unconditionally with --unconditional, and writes GIF + MP4 videos and a PNG grid. The checkpoint is loaded
+Continues held-out clips of the checkpoint's dataset from their first frames (VideoFlow: its context length; CGlow:
+one frame), or samples whole clips with --unconditional (a label-conditioned CGlow: labels 0, 1, 2, ... in turn),
+and writes GIF + MP4 videos and a PNG grid. The checkpoint is loaded
 with torch.load(..., weights_only=True). Files already in --out are not replaced unless --overwrite is given.
 """
 import argparse
@@ -11,8 +12,9 @@ from types import SimpleNamespace
 import torch
 
 import flowkern
-from flowkern.models.train import (CheckpointError, UsageError, clip_frames, load_checkpoint, make_datasets,
-                                   model_from_checkpoint, nonnegative_float, nonnegative_int, positive_int)
+from flowkern.models.train import (CheckpointError, UsageError, clip_frames, clips_of, load_checkpoint,
+                                   make_datasets, model_from_checkpoint, nonnegative_float, nonnegative_int,
+                                   positive_int)
 from flowkern.models.video_io import to_uint8_frames, write_grid, write_video
 
 
@@ -47,7 +49,9 @@ def main(argv=None):
     frames = args.frames or train_args.frames
     g = torch.Generator(device=device).manual_seed(args.seed)
     if args.unconditional:
-        video = model.generate(None, frames, args.temperature, batch_size=args.num, generator=g)
+        n_labels = getattr(cfg, "num_labels", 0)
+        labels = {"labels": torch.arange(args.num, device=device) % n_labels} if n_labels else {}
+        video = model.generate(None, frames, args.temperature, batch_size=args.num, generator=g, **labels)
     else:
         train_args.frames = frames
         try:
@@ -55,8 +59,8 @@ def main(argv=None):
         except UsageError as e:
             p.error(f"--checkpoint: cannot rebuild the held-out clips of its training data ({e}); "
                     "use --unconditional")
-        clips = torch.stack([held_out[i] for i in range(min(args.num, len(held_out)))])
-        c = min(cfg.context, frames - 1)
+        clips, _ = clips_of([held_out[i] for i in range(min(args.num, len(held_out)))])
+        c = min(getattr(cfg, "context", 1), frames - 1)
         context = flowkern.preprocess(clips[:, :c], cfg.n_bits, noise=False).to(device)
         video = model.generate(context, frames - c, args.temperature, generator=g)
     out = [to_uint8_frames(v, cfg.n_bits) for v in video]

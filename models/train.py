@@ -1,4 +1,5 @@
-"""Train a video flow: `python -m flowkern.models.train videoflow --config shapes --out runs/shapes`.
+"""Train a video flow: `python -m flowkern.models.train videoflow --config shapes --out runs/shapes`, or
+`python -m flowkern.models.train cglow --config small --variant state --out runs/cglow-state`.
 
 Multi-GPU: `torchrun --nproc_per_node=N -m flowkern.models.train videoflow ...` (DistributedDataParallel; the
 batch size is per process; ActNorm's data-dependent init is all-reduced across ranks). Without a GPU the same
@@ -32,7 +33,8 @@ from torch.utils.data import DistributedSampler
 from tqdm import tqdm
 
 import flowkern
-from flowkern.models.data import StochasticMovement, StochasticMovingDigits, VideoFolder
+from flowkern.models.cglow import CONFIGS as CGLOW_CONFIGS, VARIANTS as CGLOW_VARIANTS, CGlow, CGlowConfig
+from flowkern.models.data import Labelled, StochasticMovement, StochasticMovingDigits, VideoFolder
 from flowkern.models.motion import continuation_accuracy
 from flowkern.models.video_io import to_uint8_frames, write_grid, write_video
 from flowkern.models.videoflow import CONFIGS, VideoFlow, VideoFlowConfig
@@ -41,9 +43,15 @@ from flowkern.nn.coupling import COUPLING_NETS
 
 
 # ---------------------------------------------------------------------------------------------- data
+def label_kind(args):
+    """The label a model trains on (CGlow's variant "state_label": --label), or None."""
+    return args.label if getattr(args, "variant", None) == "state_label" else None
+
+
 def make_datasets(args, cfg):
-    """(train, held-out) datasets of uint8 clips (T, C, H, W)."""
-    kind = args.data
+    """(train, held-out) datasets of uint8 clips (T, C, H, W), or of (clip, label) pairs when the model takes
+    labels."""
+    kind, labels = args.data, label_kind(args)
     if kind == "shapes":
         mk = lambda seed, n: StochasticMovement(n, frames=args.frames, size=cfg.image_size,  # noqa: E731
                                                 speed=getattr(args, "speed", None), seed=seed)
@@ -54,6 +62,7 @@ def make_datasets(args, cfg):
         try:  # every file is checked here, before training
             full = VideoFolder(kind.split(":", 1)[1], frames=args.frames, size=cfg.image_size,
                                channels=cfg.in_channels)
+            full = Labelled(full, labels) if labels else full
         except ValueError as e:
             raise UsageError(f"--data: {e}") from e
         n_eval = max(1, len(full) // 10)
@@ -61,7 +70,20 @@ def make_datasets(args, cfg):
         return torch.utils.data.Subset(full, idx[:-n_eval]), torch.utils.data.Subset(full, idx[-n_eval:])
     else:
         raise UsageError(f"--data: expected shapes, digits or folder:PATH, got {kind!r}")
-    return mk(args.seed, args.train_videos), mk(args.seed + 1_000_003, args.eval_videos)  # disjoint seeds
+    train_set, eval_set = mk(args.seed, args.train_videos), mk(args.seed + 1_000_003, args.eval_videos)  # disjoint
+    if labels:
+        try:
+            return Labelled(train_set, labels), Labelled(eval_set, labels)
+        except ValueError as e:
+            raise UsageError(f"--label: {e}") from e
+    return train_set, eval_set
+
+
+def clips_of(items):
+    """(clips (B, T, C, H, W), labels (B,) or None) from dataset items: clips, or (clip, label) pairs."""
+    if isinstance(items[0], tuple):
+        return torch.stack([c for c, _ in items]), torch.tensor([lab for _, lab in items])
+    return torch.stack(items), None
 
 
 def batch_at(dataset, sampler, step, batch_size):
@@ -72,7 +94,7 @@ def batch_at(dataset, sampler, step, batch_size):
     epoch, i = divmod(step, per_epoch)
     sampler.set_epoch(epoch)
     idx = list(sampler)[i * batch_size:(i + 1) * batch_size]
-    return torch.stack([dataset[j] for j in idx])
+    return clips_of([dataset[j] for j in idx])
 
 
 def random_windows(clips, window, seed, step, rank):
@@ -209,18 +231,33 @@ def load_checkpoint(path, map_location="cpu", required=TRAIN_KEYS):
     return state
 
 
-def config_from(d) -> VideoFlowConfig:
-    fields = {f.name for f in dataclasses.fields(VideoFlowConfig)}
+MODELS = {"videoflow": (VideoFlow, VideoFlowConfig), "cglow": (CGlow, CGlowConfig)}
+
+
+def config_from(d, model: str = "videoflow"):
+    """The config of `model` from a checkpoint's plain dict."""
+    cls = MODELS[model][1]
+    fields = {f.name for f in dataclasses.fields(cls)}
     d = {k: v for k, v in d.items() if k in fields}
     if "dilations" in d:
         d["dilations"] = tuple(d["dilations"])
-    return VideoFlowConfig(**d)
+    return cls(**d)
+
+
+def model_name(state) -> str:
+    """The model a checkpoint holds (checkpoints from before CGlow hold a VideoFlow)."""
+    name = state["args"].get("model", "videoflow")
+    if name not in MODELS:
+        raise CheckpointError(f"its model {name!r} is not one of {', '.join(MODELS)}")
+    return name
 
 
 def model_from_checkpoint(state, path):
-    """The VideoFlow a checkpoint describes, with its weights; CheckpointError if they do not fit its config."""
+    """The model (VideoFlow or CGlow) a checkpoint describes, with its weights; CheckpointError if they do not fit
+    its config."""
     try:
-        model = VideoFlow(config_from(state["config"]))
+        name = model_name(state)
+        model = MODELS[name][0](config_from(state["config"], name))
         model.load_state_dict(state["model"])
     except (TypeError, ValueError, RuntimeError) as e:
         raise CheckpointError(f"{path}: its weights do not fit its config: {str(e).splitlines()[0]}") from None
@@ -232,10 +269,15 @@ FLAG_OF_FIELD = {"levels": "--levels", "steps": "--flow-steps", "hidden": "--hid
                  "skip": "--skip", "affine": "--coupling", "coupling_net": "--coupling-net",
                  "pad_context": "--pad-context", "prior_blocks": "--prior-blocks", "prior_hidden": "--prior-hidden",
                  "prior_channels": "--prior-channels"}
+CGLOW_FLAG_OF_FIELD = {"levels": "--levels", "steps": "--flow-steps", "hidden": "--hidden", "n_bits": "--n-bits",
+                       "image_size": "--image-size", "affine": "--coupling", "variant": "--variant",
+                       "state_channels": "--state-channels", "tbptt": "--tbptt", "num_labels": "--label (its classes)"}
 
 
-def resolve_config(args) -> VideoFlowConfig:
+def resolve_config(args):
     """The model config: --config with the command line's overrides."""
+    if args.model == "cglow":
+        return resolve_cglow_config(args)
     overrides = {"levels": args.levels, "steps": args.flow_steps, "hidden": args.hidden, "context": args.context,
                  "n_bits": args.n_bits, "image_size": args.image_size, "recompute_chunk": args.recompute_chunk,
                  "skip": args.skip, "affine": None if args.coupling is None else args.coupling == "affine",
@@ -257,8 +299,41 @@ def resolve_config(args) -> VideoFlowConfig:
     return cfg
 
 
+def num_labels(args, kind) -> int:
+    """Classes of label `kind` in --data, checked before training."""
+    if args.data.startswith("folder:"):
+        if kind != "folder":
+            raise UsageError(f"--label {kind}: a folder's label is its sub-folder: use --label folder")
+        try:
+            return VideoFolder(args.data.split(":", 1)[1], frames=args.frames, size=8, channels=1).num_labels("folder")
+        except ValueError as e:
+            raise UsageError(f"--data: {e}") from e
+    if args.data != "shapes" or kind == "folder":
+        raise UsageError(f"--label {kind}: labels come from --data shapes ({', '.join(StochasticMovement.LABELS)}) "
+                         f"or a labelled folder (folder), not from --data {args.data}")
+    return StochasticMovement(1, frames=2, size=8).num_labels(kind)
+
+
+def resolve_cglow_config(args) -> CGlowConfig:
+    overrides = {"levels": args.levels, "steps": args.flow_steps, "hidden": args.hidden, "n_bits": args.n_bits,
+                 "image_size": args.image_size, "affine": None if args.coupling is None else args.coupling == "affine",
+                 "state_channels": args.state_channels, "tbptt": args.tbptt, "variant": args.variant}
+    base = CGLOW_CONFIGS[args.config]
+    overrides["num_labels"] = num_labels(args, args.label) if args.variant == "state_label" else 0
+    try:
+        cfg = dataclasses.replace(base, **{k: v for k, v in overrides.items() if v is not None})
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    if cfg.image_size % 2 ** cfg.levels:
+        raise UsageError(f"--image-size: expected a multiple of {2 ** cfg.levels} (2 ** levels, levels "
+                         f"{cfg.levels}), got {cfg.image_size}")
+    return cfg
+
+
 def fit_to_memory(args, cfg):
     """--memory-budget with --fit: set --frames or --batch-size from a memory plan of the model (meta device)."""
+    if args.model != "videoflow":
+        return
     if (args.fit is None) != (args.memory_budget is None):
         raise UsageError("--fit and --memory-budget go together: --memory-budget GB --fit frames|batch")
     if args.fit is None:
@@ -285,10 +360,11 @@ def fit_to_memory(args, cfg):
 
 def _config_differences(saved, cfg, saved_args, args):
     diffs = []
+    flags = CGLOW_FLAG_OF_FIELD if args.model == "cglow" else FLAG_OF_FIELD
     for f in dataclasses.fields(cfg):
         old, new = getattr(saved, f.name), getattr(cfg, f.name)
         if old != new:
-            flag = FLAG_OF_FIELD.get(f.name)
+            flag = flags.get(f.name)
             diffs.append(f"{flag} {old} in the checkpoint, {new} now" if flag else
                          f"--config {saved_args.get('config')} in the checkpoint, {args.config} now ({f.name} {old} "
                          f"vs {new})")
@@ -297,29 +373,48 @@ def _config_differences(saved, cfg, saved_args, args):
 
 # ---------------------------------------------------------------------------------------------- evaluation
 @torch.no_grad()
-def evaluate(model, dataset, args, cfg, device, rank, world):
-    """Mean bits/pixel of the target frames (those after the first `context`) over the held-out clips."""
+def evaluate_frames(model, dataset, args, cfg, device, rank, world) -> list:
+    """Held-out bits/pixel of each frame given the earlier ones, averaged over the first --eval-clips clips (fixed
+    dequantization noise, so evaluations are comparable): a list of T values."""
     model.eval()
-    total, count = torch.zeros((), device=device, dtype=torch.float64), torch.zeros((), device=device)
+    total, count = None, torch.zeros((), device=device, dtype=torch.float64)
     idx = list(range(rank, min(len(dataset), args.eval_clips), world))
     for i in range(0, len(idx), args.batch_size):
-        clips = torch.stack([dataset[j] for j in idx[i:i + args.batch_size]])
+        clips, labels = clips_of([dataset[j] for j in idx[i:i + args.batch_size]])
         video = dequantize(clips, cfg.n_bits, args.seed + 7, -1, i, device)  # fixed noise: comparable evals
-        bpp = model.bits_per_pixel(video, from_frame=min(model.first_conditioned, video.shape[1] - 1))
-        total += bpp.double().sum()
-        count += bpp.numel()
+        lp = model.log_prob_frames(video) if labels is None else model.log_prob_frames(video, labels.to(device))
+        bpp = flowkern.bits_per_dim(lp, model.frame_dims, cfg.n_bits).double().sum(0)
+        total = bpp if total is None else total + bpp
+        count += clips.shape[0]
+    if total is None:
+        total = torch.zeros(args.frames, device=device, dtype=torch.float64)
     if world > 1:
         dist.all_reduce(total)
         dist.all_reduce(count)
     model.train()
     if count.item() == 0:  # never log a perfect score of nothing
         raise RuntimeError("evaluate: no held-out clip was evaluated")
-    return (total / count).item()
+    return (total / count).tolist()
+
+
+def evaluate_score(frames, model, args) -> float:
+    """The run's held-out score from per-frame bits/pixel: the mean over the frames the model predicts (VideoFlow:
+    those after its first `context`; CGlow: every frame, the head's and the tail's)."""
+    first = 0 if args.model == "cglow" else min(model.first_conditioned, len(frames) - 1)
+    return sum(frames[first:]) / len(frames[first:])
+
+
+def evaluate(model, dataset, args, cfg, device, rank, world) -> float:
+    return evaluate_score(evaluate_frames(model, dataset, args, cfg, device, rank, world), model, args)
 
 
 def motion_measurable(dataset, args) -> bool:
     """Continuation accuracy needs Stochastic Movement clips of at least 3 frames (2 given, 1 sampled)."""
-    return isinstance(dataset, StochasticMovement) and args.frames >= 3
+    return isinstance(unlabelled(dataset), StochasticMovement) and args.frames >= 3
+
+
+def unlabelled(dataset):
+    return dataset.dataset if isinstance(dataset, Labelled) else dataset
 
 
 def continuation_accuracy_of(model, dataset, args) -> float:
@@ -327,7 +422,7 @@ def continuation_accuracy_of(model, dataset, args) -> float:
     held-out clips at --temperature; the same sampling noise at every evaluation."""
     model.eval()
     try:
-        return continuation_accuracy(model, dataset, list(range(min(len(dataset), args.eval_clips))), c=2,
+        return continuation_accuracy(model, unlabelled(dataset), list(range(min(len(dataset), args.eval_clips))), c=2,
                                      temperature=args.temperature, seed=args.seed + 11,
                                      batch_size=args.batch_size)["continuation_accuracy"]
     finally:
@@ -336,10 +431,13 @@ def continuation_accuracy_of(model, dataset, args) -> float:
 
 @torch.no_grad()
 def write_samples(model, dataset, args, cfg, device, tag):
+    """Held-out clips continued from their first frames (VideoFlow: its `context`; CGlow: one), as GIFs, an MP4 and
+    a grid of rows real / sampled; CGlow also samples whole clips from scratch (with the held-out clips' labels),
+    as a third row per clip and {tag}-scratch-*.gif."""
     model.eval()
     n = min(args.num_samples, len(dataset))
-    clips = torch.stack([dataset[j] for j in range(n)])
-    ctx_frames = min(cfg.context, clips.shape[1] - 1)
+    clips, labels = clips_of([dataset[j] for j in range(n)])
+    ctx_frames = min(getattr(cfg, "context", 1), clips.shape[1] - 1)
     context = flowkern.preprocess(clips[:, :ctx_frames], cfg.n_bits, noise=False).to(device)
     g = torch.Generator(device=device).manual_seed(args.seed)
     video = model.generate(context, args.frames - ctx_frames, temperature=args.temperature, generator=g)
@@ -349,14 +447,22 @@ def write_samples(model, dataset, args, cfg, device, tag):
         write_video(os.path.join(out, f"{tag}-{i}.gif"), f)
     write_video(os.path.join(out, f"{tag}-0.mp4"), frames[0])
     real = [to_uint8_frames(flowkern.preprocess(c, cfg.n_bits, noise=False), cfg.n_bits) for c in clips]
+    rows = [real, frames]
+    if args.model == "cglow":
+        scratch = model.generate(None, args.frames, temperature=args.temperature, batch_size=n, generator=g,
+                                 labels=None if labels is None else labels.to(device))
+        rows.append([to_uint8_frames(v, cfg.n_bits) for v in scratch])
+        for i, f in enumerate(rows[-1]):
+            write_video(os.path.join(out, f"{tag}-scratch-{i}.gif"), f)
     import numpy as np
-    write_grid(os.path.join(out, f"{tag}-grid.png"), np.stack([x for pair in zip(real, frames) for x in pair]))
+    write_grid(os.path.join(out, f"{tag}-grid.png"), np.stack([x for group in zip(*rows) for x in group]))
     model.train()
 
 
 # ---------------------------------------------------------------------------------------------- training
 INIT_FRAMES = 8  # frames per clip of the batch ActNorm initialises from
 LOG_HEADER = ["step", "train_bpp", "lr", "grad_norm", "skipped", "eval_bpp", "seconds", "continuation_acc"]
+CGLOW_LOG_HEADER = LOG_HEADER + ["eval_head_bpp", "eval_tail_bpp"]  # frame 1 (the head), frames 2.. (the tail)
 RUN_FILES = ("checkpoint.pt", "metrics.csv")  # an --out holding one of these holds a run
 RUN_FOLDERS = ("samples", "tb")
 
@@ -379,7 +485,10 @@ def prepare(args):
             resume = load_checkpoint(ckpt_path)
         except CheckpointError as e:
             raise UsageError(f"--resume: {e}") from None
-        diffs = _config_differences(config_from(resume["config"]), cfg, resume["args"], args)
+        saved = resume["args"].get("model", "videoflow")
+        if saved != args.model:
+            raise UsageError(f"--resume: the checkpoint in {args.out} holds a {saved} model, not {args.model}")
+        diffs = _config_differences(config_from(resume["config"], saved), cfg, resume["args"], args)
         if diffs:  # the checkpoint's model is what would train: say so rather than record arguments it did not use
             raise UsageError(f"--resume: the checkpoint in {args.out} was trained with other model arguments: "
                              f"{'; '.join(diffs)}. Resume with the checkpoint's values, or train into another --out")
@@ -395,7 +504,7 @@ def prepare(args):
     return cfg, resume, train_set, eval_set
 
 
-def _start_log(path, start):
+def _start_log(path, start, header):
     """The metrics log, holding exactly the rows up to `start` (rows a crashed run logged after the checkpoint we
     resume from are dropped), rewritten atomically."""
     rows = []
@@ -405,7 +514,7 @@ def _start_log(path, start):
 
     def write(tmp):
         with open(tmp, "w", newline="") as f:
-            csv.writer(f).writerows([LOG_HEADER] + rows)
+            csv.writer(f).writerows([header] + rows)
     atomic_write(path, write)
 
 
@@ -423,7 +532,7 @@ def target_frames(args, model) -> int:
     """The first frame the loss counts: with --targets-only, the frames the latent prior network predicts (after
     the first `context`, or after the first with pad_context), as the reference trains; else 0 (every frame)."""
     T = args.window or args.frames
-    return min(model.first_conditioned, T - 1) if args.targets_only else 0
+    return min(model.first_conditioned, T - 1) if getattr(args, "targets_only", False) else 0
 
 
 def _due(done, every):
@@ -459,7 +568,7 @@ def train(args):
 
     torch.manual_seed(args.seed)
     try:
-        model = (model_from_checkpoint(resume, ckpt_path) if resume else VideoFlow(cfg)).to(device)
+        model = (model_from_checkpoint(resume, ckpt_path) if resume else MODELS[args.model][0](cfg)).to(device)
         opt = torch.optim.Adam(model.parameters(), lr=args.lr, betas=tuple(args.adam_betas), eps=args.adam_eps)
         if resume:
             opt.load_state_dict(resume["optimizer"])
@@ -476,7 +585,7 @@ def train(args):
     sampler = DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=args.seed,
                                  drop_last=True)
     if rank == 0:
-        _start_log(log_path, start)
+        _start_log(log_path, start, CGLOW_LOG_HEADER if args.model == "cglow" else LOG_HEADER)
     log = open(log_path, "a", newline="") if rank == 0 else None
     writer = csv.writer(log) if log else None
     tb = None
@@ -487,10 +596,11 @@ def train(args):
     if resume is None:
         # ActNorm's data-dependent init, on the first batch's first frames without grad: a chain whose init is
         # pending trains with plain autograd, so a long clip's first step would need plain autograd's memory.
-        init = dequantize(random_windows(batch_at(train_set, sampler, 0, args.batch_size), args.window, args.seed, 0,
-                                         rank), cfg.n_bits, args.seed, 0, rank, device)
+        clips, labels = batch_at(train_set, sampler, 0, args.batch_size)
+        init = dequantize(random_windows(clips, args.window, args.seed, 0, rank), cfg.n_bits, args.seed, 0, rank,
+                          device)
         with torch.no_grad():
-            model(init[:, :INIT_FRAMES])
+            model(init[:, :INIT_FRAMES], *([] if labels is None else [labels.to(device)]))
     good = _snapshot(model, opt)
     skipped, skipped_here = metrics.get("skipped", 0), 0
     t0 = time.time() - metrics.get("seconds", 0.0)  # the seconds column counts training time across resumes
@@ -502,13 +612,20 @@ def train(args):
         lr = learning_rate(args, done)
         for group in opt.param_groups:
             group["lr"] = lr
-        clips = random_windows(batch_at(train_set, sampler, step, args.batch_size), args.window, args.seed, step, rank)
+        clips, labels = batch_at(train_set, sampler, step, args.batch_size)
+        clips = random_windows(clips, args.window, args.seed, step, rank)
+        extra = [] if labels is None else [labels.to(device)]
         video = dequantize(clips, cfg.n_bits, args.seed, step, rank, device)
         opt.zero_grad(set_to_none=True)
         with _measured(args.measure_memory and step == start and rank == 0, model, video, args) as mem:
             # nats per dimension of the target frames; DDP's hooks run on forward (= log_prob_frames)
-            loss = -ddp(video)[:, first:].mean() / D
-            loss.backward()
+            if args.model == "cglow" and cfg.tbptt is not None and not distributed:
+                # truncated backprop through the state: backward window by window, in one window's memory
+                lp = model.backward_by_window(video, *extra, weight=1.0 / (video.shape[0] * video.shape[1] * D))
+                loss = -lp.mean() / D
+            else:
+                loss = -ddp(video, *extra)[:, first:].mean() / D
+                loss.backward()
         if mem is not None:
             _write_memory_report(os.path.join(args.out, "memory.json"), mem, video, done)
         gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
@@ -527,10 +644,14 @@ def train(args):
             model.load_state_dict(good[0])
             opt.load_state_dict(good[1])
         train_bpp = (loss.item() + cfg.n_bits * math.log(2)) / math.log(2)
-        eval_bpp, acc = "", ""
+        eval_bpp, acc, head_tail = "", "", ["", ""]
         if last or _due(done, args.eval_every):
-            eval_bpp = evaluate(model, eval_set, args, cfg, device, rank, world)
+            per_frame = evaluate_frames(model, eval_set, args, cfg, device, rank, world)
+            eval_bpp = evaluate_score(per_frame, model, args)
             metrics.setdefault("eval", []).append([done, eval_bpp])
+            metrics.setdefault("eval_frames", []).append([done] + per_frame)
+            if args.model == "cglow":
+                head_tail = [f"{per_frame[0]:.5f}", f"{sum(per_frame[1:]) / max(1, len(per_frame) - 1):.5f}"]
             if rank == 0 and motion_measurable(eval_set, args):
                 acc = continuation_accuracy_of(model, eval_set, args)
                 metrics.setdefault("continuation", []).append([done, acc])
@@ -539,7 +660,7 @@ def train(args):
             bar.set_postfix(bpp=f"{train_bpp:.3f}", eval=eval_bpp if eval_bpp == "" else f"{eval_bpp:.3f}")
             writer.writerow([done, f"{train_bpp:.5f}", f"{lr:.3g}", f"{gnorm.item():.4g}", skipped,
                              eval_bpp if eval_bpp == "" else f"{eval_bpp:.5f}", f"{time.time() - t0:.1f}",
-                             acc if acc == "" else f"{acc:.4f}"])
+                             acc if acc == "" else f"{acc:.4f}"] + (head_tail if args.model == "cglow" else []))
             log.flush()
             if tb:
                 if bool(finite):
@@ -664,34 +785,25 @@ def data_source(text):
     raise argparse.ArgumentTypeError(f"expected shapes, digits or folder:PATH, got {text!r}")
 
 
-def parser():
-    p = argparse.ArgumentParser(prog="python -m flowkern.models.train", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest="model", required=True)
-    v = sub.add_parser("videoflow", help="VideoFlow (Kumar et al. 2020)")
-    v.add_argument("--config", choices=sorted(CONFIGS), default="shapes")
+def _add_run_arguments(v, default_out, default_frames):
+    """The arguments every model's training shares: data, run folder, optimisation, evaluation, checkpoints."""
     v.add_argument("--data", type=data_source, default="shapes",
                    help="shapes | digits | folder:PATH (videos or .npy/.npz; see flowkern.models.data.VALUE_RULES)")
-    v.add_argument("--out", default="runs/videoflow", help="the run's folder; one that holds a run needs --resume "
-                                                           "or --overwrite")
+    v.add_argument("--out", default=default_out, help="the run's folder; one that holds a run needs --resume or "
+                                                      "--overwrite")
     v.add_argument("--steps", type=positive_int, default=2000, help="total steps (with --resume: counting the "
                                                                      "checkpoint's)")
     v.add_argument("--batch-size", type=positive_int, default=8, help="per process")
-    v.add_argument("--frames", type=clip_frames, default=3, help="frames per clip of the dataset")
-    v.add_argument("--window", type=clip_frames, default=None,
-                   help="train on a random WINDOW-frame stretch of each clip, as the reference does (default: whole "
-                        "clips); held-out evaluation uses whole clips")
-    v.add_argument("--targets-only", action=argparse.BooleanOptionalAction, default=True,
-                   help="the loss counts only the frames after the first `context` (the reference's targets), not "
-                        "the first frames' unconditional likelihood")
+    v.add_argument("--frames", type=clip_frames, default=default_frames, help="frames per clip of the dataset")
     v.add_argument("--lr", type=positive_float, default=3e-4)
     v.add_argument("--warmup", type=nonnegative_int, default=200, help="linear learning-rate warm-up steps (0: none)")
     v.add_argument("--decay-from", type=nonnegative_int, default=None,
                    help="decay the learning rate linearly from this step to --lr * --decay-to at --steps")
     v.add_argument("--decay-to", type=unit_float, default=0.0, help="the final fraction of --lr (with --decay-from)")
     v.add_argument("--adam-betas", type=adam_beta, nargs=2, default=(0.85, 0.997), metavar=("B1", "B2"),
-                   help="Adam's betas (default: the reference's)")
-    v.add_argument("--adam-eps", type=positive_float, default=1e-6, help="Adam's epsilon (default: the reference's)")
+                   help="Adam's betas (default: VideoFlow's reference)")
+    v.add_argument("--adam-eps", type=positive_float, default=1e-6, help="Adam's epsilon (default: VideoFlow's "
+                                                                         "reference)")
     v.add_argument("--clip", type=positive_float, default=50.0, help="gradient-norm clipping")
     v.add_argument("--eval-every", type=every_int, default=200, help="evaluate every N steps (0: only at the end; "
                                                                      "always at the end)")
@@ -717,23 +829,43 @@ def parser():
                        help="delete the run in OUT (checkpoint, log, samples) and start again")
     v.add_argument("--tensorboard", action="store_true")
     v.add_argument("--device", choices=["auto", "cpu"], default="auto")
-    for name in ("levels", "flow-steps", "hidden", "context", "prior-blocks", "prior-hidden"):
+    for name in ("levels", "flow-steps", "hidden"):
+        v.add_argument(f"--{name}", type=positive_int, default=None, help="override the config's value")
+    v.add_argument("--n-bits", type=n_bits_int, default=None, help="override the config's value")
+    v.add_argument("--coupling", choices=["affine", "additive"], default=None, help="override the config's value")
+    v.add_argument("--image-size", type=positive_int, default=None,
+                   help="override the config's value (a multiple of 2 ** levels)")
+    v.add_argument("--measure-memory", action="store_true",
+                   help="measure the real peak memory of the first training step (every tensor alive) and write it "
+                        "to OUT/memory.json")
+
+
+def parser():
+    p = argparse.ArgumentParser(prog="python -m flowkern.models.train", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="model", required=True)
+    v = sub.add_parser("videoflow", help="VideoFlow (Kumar et al. 2020)")
+    v.add_argument("--config", choices=sorted(CONFIGS), default="shapes")
+    _add_run_arguments(v, "runs/videoflow", 3)
+    v.add_argument("--window", type=clip_frames, default=None,
+                   help="train on a random WINDOW-frame stretch of each clip, as the reference does (default: whole "
+                        "clips); held-out evaluation uses whole clips")
+    v.add_argument("--targets-only", action=argparse.BooleanOptionalAction, default=True,
+                   help="the loss counts only the frames after the first `context` (the reference's targets), not "
+                        "the first frames' unconditional likelihood")
+    for name in ("context", "prior-blocks", "prior-hidden"):
         v.add_argument(f"--{name}", type=positive_int, default=None, help="override the config's value")
     v.add_argument("--prior-channels", type=prior_width, default=None,
                    help="override the config's width of the prior network's residual stream: N, or 'input' (the "
                         "width of its input, as in the reference code)")
-    v.add_argument("--n-bits", type=n_bits_int, default=None, help="override the config's value")
     v.add_argument("--skip", action=argparse.BooleanOptionalAction, default=None,
                    help="override the config's latent skip (prior mean = previous latent + delta; the paper has it, "
                         "the reference code not)")
-    v.add_argument("--coupling", choices=["affine", "additive"], default=None, help="override the config's value")
     v.add_argument("--pad-context", action=argparse.BooleanOptionalAction, default=None,
                    help="override the config's value: frames with fewer than --context previous latents use the "
                         "prior network over a zero-padded window (else the first-frame prior)")
     v.add_argument("--coupling-net", choices=list(COUPLING_NETS), default=None,
                    help="override the config's coupling network: glow (ReLU) or gatu (ActNorm + gated units)")
-    v.add_argument("--image-size", type=positive_int, default=None,
-                   help="override the config's value (a multiple of 2 ** levels)")
     v.add_argument("--recompute-chunk", type=positive_int, default=None,
                    help="override the config's value: frames the reversible backward recomputes at once")
     v.add_argument("--memory-budget", type=positive_float, default=None,
@@ -742,9 +874,21 @@ def parser():
     v.add_argument("--fit", choices=["frames", "batch"], default=None,
                    help="what --memory-budget picks: the longest clip at --batch-size, or the largest batch of "
                         "--frames-frame clips")
-    v.add_argument("--measure-memory", action="store_true",
-                   help="measure the real peak memory of the first training step (every tensor alive) and write it "
-                        "to OUT/memory.json")
+
+    c = sub.add_parser("cglow", help="CGlow (Donahue: label-conditioned next-frame video generation with flows)")
+    c.add_argument("--config", choices=sorted(CGLOW_CONFIGS), default="small")
+    _add_run_arguments(c, "runs/cglow", 4)
+    c.add_argument("--variant", choices=CGLOW_VARIANTS, default="state_label",
+                   help="the paper's Table I: init (independent frames), prev_frame (the tail sees the previous "
+                        "frame), state (and the state), state_label (and the head sees the clip's label)")
+    c.add_argument("--label", choices=StochasticMovement.LABELS + ("folder",), default="shape",
+                   help="with --variant state_label: the label (shapes: shape, direction or color; a labelled "
+                        "folder: folder, its sub-folder)")
+    c.add_argument("--state-channels", type=positive_int, default=None, help="override the config's value")
+    c.add_argument("--tbptt", type=positive_int, default=None,
+                   help="frames the state's gradient flows back through (truncated backprop; default: the whole "
+                        "clip)")
+    c.set_defaults(window=None)  # whole clips: the state starts at the first frame
     return p
 
 

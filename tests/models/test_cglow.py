@@ -53,7 +53,7 @@ def test_sampling_inverts_the_likelihoods_map(variant, monkeypatch):
     video, labels = _clip(T=2), None
     labels = _labels(m)
     t = 0.7
-    sample = m.generate(1, labels=labels, context=video, temperature=t, generator=torch.Generator().manual_seed(5))
+    sample = m.generate(video, 1, temperature=t, labels=labels, generator=torch.Generator().manual_seed(5))
     g = torch.Generator().manual_seed(5)
     shapes = m.tail.latent_shapes(8, 8)
     eps = [torch.randn((2,) + s, dtype=torch.float64, generator=g) for s in shapes]
@@ -94,6 +94,38 @@ def test_state_chain_truncated_backprop():
         assert g[:, 1].abs().max() > 0  # the previous frame is read directly
 
 
+@pytest.mark.parametrize("variant, reversible", [("state", False), ("state_label", True), ("prev_frame", True)])
+def test_backward_by_window_gives_the_gradients_of_the_whole_clip(variant, reversible):
+    """Backward one tbptt window at a time accumulates exactly the gradients of the clip's summed log p (float64),
+    and returns the same log p."""
+    m = _model(variant, reversible=reversible, tbptt=2).train()
+    video, labels = _clip(T=6), (torch.tensor([0, 2]) if variant == "state_label" else None)
+    whole = m.log_prob_frames(video, labels)
+    (-0.25 * whole.sum()).backward()
+    want = {k: p.grad.clone() for k, p in m.named_parameters() if p.grad is not None}
+    m.zero_grad(set_to_none=True)
+    lp = m.backward_by_window(video, labels, weight=0.25)
+    assert not lp.requires_grad and torch.allclose(lp, whole.detach(), rtol=1e-12, atol=1e-9)
+    got = {k: p.grad for k, p in m.named_parameters() if p.grad is not None}
+    assert got.keys() == want.keys() and len(got) > 0
+    for k in want:
+        assert torch.allclose(got[k], want[k], rtol=1e-9, atol=1e-10), k
+
+
+def test_truncated_backprop_by_window_bounds_a_training_steps_memory():
+    """The real peak of a training step: without tbptt it grows with every frame (each frame's state chain and
+    context stay alive until backward); backward by window keeps one window's worth, so 16 frames cost about what 8
+    do."""
+    from flowkern.models.cglow import training_step_peak
+    base = dataclasses.replace(CONFIGS["tiny"], variant="state", num_labels=0, reversible=True)
+    whole = [training_step_peak(base, 2, T, "cpu").peak_bytes for T in (8, 16)]
+    windowed = [training_step_peak(dataclasses.replace(base, tbptt=2), 2, T, "cpu").peak_bytes for T in (8, 16)]
+    frame = 2 * 3 * 8 * 8 * 4
+    assert (whole[1] - whole[0]) / 8 > 10 * frame  # activations of the state chain, per frame
+    assert (windowed[1] - windowed[0]) / 8 < 3 * frame  # the clip's frames themselves, and little else
+    assert windowed[1] < whole[1]
+
+
 def test_labels_reach_the_head_and_are_checked():
     m = _model("state_label")
     video = _clip()
@@ -132,9 +164,9 @@ def test_reversible_levels_match_plain_gradients():
 
 def test_generate_from_scratch_and_shapes():
     m = _model("state_label")
-    out = m.generate(3, labels=torch.tensor([0, 1]), temperature=0.5, generator=torch.Generator().manual_seed(0))
+    out = m.generate(None, 3, labels=torch.tensor([0, 1]), temperature=0.5, generator=torch.Generator().manual_seed(0))
     assert out.shape == (2, 3, 3, 8, 8) and torch.isfinite(out).all()
-    again = m.generate(3, labels=torch.tensor([0, 1]), temperature=0.0)
-    assert torch.equal(again, m.generate(3, labels=torch.tensor([0, 1]), temperature=0.0))
+    again = m.generate(None, 3, labels=torch.tensor([0, 1]), temperature=0.0)
+    assert torch.equal(again, m.generate(None, 3, labels=torch.tensor([0, 1]), temperature=0.0))
     with pytest.raises(ValueError, match="give a context, labels or a batch_size"):
-        _model("state").generate(2)
+        _model("state").generate(None, 2)
