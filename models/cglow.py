@@ -216,13 +216,28 @@ class CGlow(nn.Module):
             self._check_labels(labels, B)
             frames = [self.head.sample(B, temperature, self._head_context(labels), size, generator)]
             num_frames -= 1
-        state = None
-        for t in range(1, len(frames)):  # the state over the given frames
-            _, state = self._tail_context(state, frames[t - 1])
+        state = self._state_before_last(frames)
         for _ in range(num_frames):
             ctx, state = self._tail_context(state, frames[-1])
             frames.append(self.tail.sample(B, temperature, ctx, size, generator))
         return torch.stack(frames, 1)
+
+    def _state_before_last(self, frames: List[torch.Tensor]) -> Optional[torch.Tensor]:
+        """The state after every frame but the last (None for the variants without one, or a single frame)."""
+        state = None
+        for frame in frames[:-1]:
+            _, state = self._tail_context(state, frame)
+        return state
+
+    @torch.no_grad()
+    def out_of_sequence_bpp(self, context: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+        """Bits/pixel of each candidate frame placed right after `context` (B, c, ...), as the tail scores it:
+        candidates (B, K, C, H, W) -> (B, K). (VideoFlow's measure of the same name, for the motion tests.)"""
+        self._check(context, None, labels_needed=False)
+        frames = list(context.unbind(1))
+        ctx, _ = self._tail_context(self._state_before_last(frames), frames[-1])
+        return torch.stack([flowkern.bits_per_dim(self.tail.log_prob(candidates[:, k], ctx), self.frame_dims,
+                                                  self.cfg.n_bits) for k in range(candidates.shape[1])], 1)
 
     def config_dict(self) -> dict:
         return asdict(self.cfg)

@@ -1,11 +1,13 @@
-"""Measure what a VideoFlow checkpoint learned: `python -m flowkern.models.evaluate --checkpoint runs/x/checkpoint.pt`.
+"""Measure what a checkpoint learned: `python -m flowkern.models.evaluate --checkpoint runs/x/checkpoint.pt`.
 
-Prints per-frame held-out bits/pixel and, on Stochastic Movement, the motion measures of flowkern.models.motion:
+For VideoFlow and CGlow alike, prints per-frame held-out bits/pixel (CGlow: frame 1 is its head's, given the clip's
+label where it takes one) and, on Stochastic Movement, the motion measures of flowkern.models.motion:
 the likelihood motion tests (true next frame vs the motion reversed and vs a static copy), the continuation accuracy
 of sampled frames and the first-frame choice, over a --temperatures sweep. Clips come from --data-seed, by default a
 seed neither the training nor the training command's held-out set used (a video folder: its held-out tail). --json
 writes the numbers to a file (never over an existing one unless --overwrite). The checkpoint is loaded with
-torch.load(..., weights_only=True).
+torch.load(..., weights_only=True). --untrained measures a fresh model of the checkpoint's config instead (ActNorm
+initialised on training clips, as training starts): CGlow's paper reports that as its "Glow + init" row.
 """
 import argparse
 import json
@@ -17,8 +19,9 @@ import torch
 from flowkern.models.data import StochasticMovement, StochasticMovingDigits
 from flowkern.models.motion import (continuation_accuracy, first_frame_choice, likelihood_motion_tests,
                                     per_frame_bpp)
-from flowkern.models.train import (CheckpointError, UsageError, atomic_write, clip_frames, load_checkpoint,
-                                   make_datasets, model_from_checkpoint, nonnegative_int, positive_int)
+from flowkern.models.train import (INIT_FRAMES, CheckpointError, UsageError, atomic_write, clip_frames, clips_of,
+                                   dequantize, label_kind, load_checkpoint, make_datasets, model_from_checkpoint,
+                                   nonnegative_int, positive_int)
 
 FRESH_SEED_OFFSET = 2_000_003  # the training command uses seed (training) and seed + 1_000_003 (held out)
 
@@ -48,15 +51,18 @@ def parser():
                    help="given frames before the sampled one in the continuation measures (>= 2)")
     p.add_argument("--seed", type=nonnegative_int, default=0, help="sampling seed")
     p.add_argument("--batch-size", type=positive_int, default=32)
+    p.add_argument("--untrained", action="store_true",
+                   help="evaluate a freshly initialised model of the checkpoint's config, not its weights")
     p.add_argument("--json", default=None, help="also write the numbers to this file")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
     return p
 
 
-def evaluate_checkpoint(model, dataset, args) -> dict:
+def evaluate_checkpoint(model, dataset, args, label_kind=None) -> dict:
     idx = list(range(min(args.clips, len(dataset))))
-    out = {"clips": len(idx), "frames": int(dataset[0].shape[0]),
-           "per_frame_bpp": per_frame_bpp(model, dataset, idx, args.batch_size, args.seed)}
+    first = dataset[0]
+    out = {"clips": len(idx), "frames": int((first[0] if isinstance(first, tuple) else first).shape[0]),
+           "per_frame_bpp": per_frame_bpp(model, dataset, idx, args.batch_size, args.seed, label_kind)}
     if not isinstance(dataset, StochasticMovement):
         return out
     out["likelihood_motion"] = likelihood_motion_tests(model, dataset, idx, args.context, args.batch_size, args.seed)
@@ -83,6 +89,19 @@ def report(r: dict) -> str:
             lines.append(f"{t:>11} | {v['continuation_accuracy']:21.3f} | {v['object_found']:12.3f} | "
                          f"{v['directions_covered']:29d} | {v['no_move']:7.3f} | {v['direction_counts']}")
     return "\n".join(lines)
+
+
+def untrained_like(model, train_args, device):
+    """A fresh model of `model`'s config, its ActNorms initialised on a batch of the training clips (the training
+    command's first batch): what training starts from."""
+    torch.manual_seed(train_args.seed)
+    fresh = type(model)(model.cfg).to(device)
+    train_set, _ = make_datasets(train_args, model.cfg)
+    clips, labels = clips_of([train_set[j] for j in range(min(len(train_set), train_args.batch_size))])
+    video = dequantize(clips, model.cfg.n_bits, train_args.seed, 0, 0, device)
+    with torch.no_grad():
+        fresh(video[:, :INIT_FRAMES], *([] if labels is None else [labels.to(device)]))
+    return fresh.eval()
 
 
 def main(argv=None):
@@ -117,8 +136,10 @@ def main(argv=None):
             _, dataset = make_datasets(train_args, model.cfg)
         except UsageError as e:
             p.error(f"--checkpoint: cannot rebuild its data ({e})")
-    r = evaluate_checkpoint(model, dataset, args)
-    r.update(checkpoint=args.checkpoint, step=state.get("step"), data_seed=data_seed)
+    if args.untrained:
+        model = untrained_like(model, train_args, device)
+    r = evaluate_checkpoint(model, dataset, args, label_kind(train_args) if train_args.data == "shapes" else None)
+    r.update(checkpoint=args.checkpoint, step=0 if args.untrained else state.get("step"), data_seed=data_seed)
     print(report(r))
     if args.json:
         def write(tmp):

@@ -67,14 +67,23 @@ def _device(model):
 
 
 @torch.no_grad()
-def per_frame_bpp(model, dataset, indices: Sequence[int], batch_size: int = 16, seed: int = 0) -> List[float]:
+def per_frame_bpp(model, dataset, indices: Sequence[int], batch_size: int = 16, seed: int = 0,
+                  label_kind: Optional[str] = None) -> List[float]:
     """Mean held-out bits/pixel of each frame t of the clips, log p(x_t | x_<t), with uniform dequantization noise
-    (seeded) as in training: the density at the bins' centres alone is not the bits/pixel of the data."""
+    (seeded) as in training: the density at the bins' centres alone is not the bits/pixel of the data. label_kind:
+    the clips' labels (dataset.label(j, label_kind)) go to a label-conditioned model, as do those of a dataset of
+    (clip, label) pairs."""
     device, out = _device(model), []
     g = torch.Generator().manual_seed(seed)
     for i in range(0, len(indices), batch_size):
-        clips = torch.stack([dataset[j] for j in indices[i:i + batch_size]])
-        lp = model.log_prob_frames(_frames(model, clips, device, g))
+        idx = indices[i:i + batch_size]
+        items = [dataset[j] for j in idx]
+        if isinstance(items[0], tuple):  # (clip, label) pairs
+            items, labels = [c for c, _ in items], [lab for _, lab in items]
+        else:
+            labels = None if label_kind is None else [dataset.label(j, label_kind) for j in idx]
+        labels = [] if labels is None else [torch.tensor(labels, device=device)]
+        lp = model.log_prob_frames(_frames(model, torch.stack(items), device, g), *labels)
         out.append(flowkern.bits_per_dim(lp, model.frame_dims, model.cfg.n_bits).double().cpu())
     return torch.cat(out).mean(0).tolist()
 

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from flowkern.models import evaluate as evaluate_cli
 from flowkern.models import sample as sample_cli
 from flowkern.models import train as train_cli
 from flowkern.models.cglow import CGlow
@@ -42,6 +43,15 @@ def test_training_logs_head_and_tail_bits_and_writes_a_loadable_checkpoint_and_s
     sample_cli.main(["--checkpoint", str(tmp_path / "checkpoint.pt"), "--out", str(tmp_path / "u"), "--num", "2",
                      "--unconditional", "--frames", "4"])
     assert "sample-1.gif" in os.listdir(tmp_path / "s") and "sample-1.gif" in os.listdir(tmp_path / "u")
+    for extra in ([], ["--untrained"]):  # the evaluation command: per-frame bits (the head given the labels), motion
+        name = "untrained" if extra else "trained"
+        evaluate_cli.main(["--checkpoint", str(tmp_path / "checkpoint.pt"), "--clips", "4", "--temperatures", "0.5",
+                           "--json", str(tmp_path / f"{name}.json"), *extra])
+    trained, untrained = (json.load(open(tmp_path / f"{n}.json")) for n in ("trained", "untrained"))
+    assert len(trained["per_frame_bpp"]) == 3 and trained["step"] == 4 and untrained["step"] == 0
+    assert trained["per_frame_bpp"] != untrained["per_frame_bpp"]
+    assert set(trained["likelihood_motion"]) >= {"bpp_true", "true_beats_reversed"}
+    assert "continuation_accuracy" in trained["temperatures"]["0.5"]
 
 
 def test_resume_reproduces_an_uninterrupted_run(tmp_path):
