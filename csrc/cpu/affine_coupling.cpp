@@ -64,11 +64,11 @@ void bwd_any(const double* yb, const double* hs, const double* g, double gl, dou
 }
 
 // The passthrough channels [0, Ca) of each sample: out[n, :Ca] = in[n, :Ca] (the same copy in fwd, inv and bwd).
+// Called inside the pass's parallel region (a work-shared loop, no barrier after it): one fork/join per pass.
 template <typename T>
 void copy_passthrough(const T* in, T* out, const AffineCouplingParams& p) {
-  if (p.Ca == 0) return;
   const int64_t sample = p.C * p.HW;
-#pragma omp parallel for num_threads(p.nthreads) schedule(static)
+#pragma omp for schedule(static) nowait
   for (int64_t n = 0; n < p.B; ++n) std::memcpy(out + n * sample, in + n * sample, p.Ca * p.HW * sizeof(T));
 }
 
@@ -80,10 +80,12 @@ int fwd_or_inv(const AffineCouplingParams& p) {
   T* out = static_cast<T*>(INVERSE ? p.x : p.y);
   const T* h = static_cast<const T*>(p.h);
   T* ld_part = static_cast<T*>(p.ld_part);
-  copy_passthrough(in, out, p);
   const int64_t C = p.C, HW = p.HW, Cb = C - p.Ca, E = Cb * HW, chunk = p.chunk, nk = (E + chunk - 1) / chunk;
   const int64_t Hc = p.affine ? 2 * Cb : Cb;
-#pragma omp parallel for num_threads(p.nthreads) schedule(static)
+#pragma omp parallel num_threads(p.nthreads)
+  {
+  copy_passthrough(in, out, p);
+#pragma omp for schedule(static)
   for (int64_t t = 0; t < p.B * nk; ++t) {
     const int64_t n = t / nk, k = t % nk, e0 = k * chunk, e1 = std::min(e0 + chunk, E);
     const T* a = in + n * C * HW + p.Ca * HW + e0;
@@ -96,6 +98,7 @@ int fwd_or_inv(const AffineCouplingParams& p) {
       for (int64_t e = 0; e < e1 - e0; ++e) o[e] = INVERSE ? a[e] - ht[e] : a[e] + ht[e];
     }
   }
+  }
   return 0;
 }
 
@@ -107,11 +110,13 @@ int bwd(const AffineCouplingParams& p) {
   const T* dld = static_cast<const T*>(p.dld);
   T* dx = static_cast<T*>(p.dx);
   T* dh = static_cast<T*>(p.dh);
-  copy_passthrough(dy, dx, p);
   const int64_t C = p.C, HW = p.HW, Cb = C - p.Ca, E = Cb * HW;
   const int64_t Hc = p.affine ? 2 * Cb : Cb;
   const int64_t blk = 4096, nblk = (E + blk - 1) / blk;
-#pragma omp parallel for num_threads(p.nthreads) schedule(static)
+#pragma omp parallel num_threads(p.nthreads)
+  {
+  copy_passthrough(dy, dx, p);
+#pragma omp for schedule(static)
   for (int64_t t = 0; t < p.B * nblk; ++t) {
     const int64_t n = t / nblk, e0 = (t % nblk) * blk, e1 = std::min(e0 + blk, E);
     const int64_t off = n * C * HW + p.Ca * HW + e0;
@@ -122,6 +127,7 @@ int bwd(const AffineCouplingParams& p) {
       std::memcpy(dx + off, dy + off, (e1 - e0) * sizeof(T));
       std::memcpy(ght, dy + off, (e1 - e0) * sizeof(T));
     }
+  }
   }
   return 0;
 }

@@ -1,7 +1,8 @@
 // Helpers shared by the CPU kernels: portable vectorisation, the coupling's sigmoid math, dtype dispatch.
 //
-// FK_CLONES: build a function twice, for x86-64-v3 (AVX2 + FMA) and for the baseline, and pick one at load time
-// (ifunc). A build thus runs everywhere (no -march=native, no SIGILL on older CPUs) and is fast on newer ones.
+// FK_CLONES: build a function three times, for x86-64-v4 (AVX-512), x86-64-v3 (AVX2 + FMA) and the baseline, and
+// pick one at load time (ifunc). A build thus runs everywhere (no -march=native, no SIGILL on older CPUs) and uses
+// the widest vectors the CPU has, as torch's own CPU kernels do.
 //
 // exp_nonpos / log1p_unit: branch-free float exp on (-inf, 0] and log1p on [0, 1], written as plain arithmetic so
 // `#pragma omp simd` loops that use them vectorise (glibc's vector libm needs -ffast-math, which we avoid).
@@ -13,7 +14,7 @@
 #include "kernels.h"
 
 #if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__)
-#define FK_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#define FK_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define FK_CLONES
 #endif
