@@ -1,0 +1,277 @@
+"""The Recurrent Flow Network (Gammelli et al.; Glissov & Konradsen's thesis, chapters 5 and 8) on flowkern.
+
+An SRNN whose emission is a conditional Glow. For each frame t >= 2, with u_t = x_{t-1}:
+- feature extractor F (per level l = 1..L: two 3x3 convs of base_width * 2^l channels with BatchNorm and
+  LeakyReLU(0.2), then a 2x down-sampling: max-pool ("vgg") or a stride-2 conv ("dcgan")), applied to x_{t-1}
+  (the transition's input and the conditioning network's skips) and to x_t (the posterior's input);
+- transition: h_t = ConvLSTM(h_{t-1}, F_L(x_{t-1})) (3x3, peepholes) at H / 2^L;
+- prior p(z_t | z_{t-1}, h_t) and posterior q(z_t | z_{t-1}, h_t, F_L(x_t)): two 3x3 convs each, a diagonal
+  Gaussian with softplus std;
+- conditioning network: the extractor reversed, from [h_t, z_t] up to every Glow level's resolution (nearest
+  up-sampling, or transposed convs for "dcgan"), with U-Net skips from F(x_{t-1}); level l's output conditions Glow
+  level l's couplings and split prior (the top level's also the base distribution);
+- emission: log p(x_t | z_t, h_t) from a conditional Glow (flowkern.Glow with a context pyramid; reversible).
+The ELBO per frame is log p(x_t | z_t, h_t) - beta * KL(q || p), z_t drawn from q (reparameterised); z_1 = 0 and
+h_1 = 0, and the first frame is only context. Bits per dimension are the thesis's: (KL + NLL) / (ln 2 * C*H*W *
+(T - 1)) of the dequantized data, with the -D log(2^n_bits) constant (flowkern.bits_per_dim).
+"""
+from dataclasses import asdict, dataclass
+from typing import List, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import flowkern
+from flowkern import ActNorm2d, Glow
+from flowkern.memory import peak_memory
+
+EXTRACTORS = ("vgg", "dcgan")
+
+
+@dataclass
+class RFNConfig:
+    in_channels: int = 3
+    image_size: int = 64
+    levels: int = 4
+    steps: int = 10
+    hidden: int = 256  # the couplings' channels
+    affine: bool = True
+    extractor: str = "vgg"
+    base_width: int = 8  # extractor level l (1..L) has base_width * 2^l channels
+    h_channels: int = 256
+    z_channels: int = 5
+    n_bits: int = 8
+    reversible: bool = True
+
+    def __post_init__(self):
+        if self.extractor not in EXTRACTORS:
+            raise ValueError(f"RFNConfig: extractor must be one of {EXTRACTORS}, got {self.extractor!r}")
+        if self.image_size % 2 ** self.levels:
+            raise ValueError(f"RFNConfig: image_size must be a multiple of 2 ** levels = {2 ** self.levels}, got "
+                             f"{self.image_size}")
+
+    def width(self, level: int) -> int:
+        """Channels of the extractor's and the conditioning network's level `level` (1..L)."""
+        return self.base_width * 2 ** level
+
+
+CONFIGS = {
+    # the thesis's table A.2 (BAIR): L=4, K=10, affine couplings of 256 channels, h_t 256 channels, z_t 5
+    "bair": RFNConfig(),
+    "smmnist": RFNConfig(in_channels=1, z_channels=3),
+    # a CPU-sized model for SM-MNIST at 32x32
+    "small": RFNConfig(in_channels=1, image_size=32, levels=3, steps=4, hidden=64, h_channels=32, z_channels=3),
+    "tiny": RFNConfig(in_channels=1, image_size=8, levels=2, steps=1, hidden=8, base_width=2, h_channels=4,
+                      z_channels=2),
+}
+
+
+def _conv_block(c_in: int, c_out: int) -> List[nn.Module]:
+    return [nn.Conv2d(c_in, c_out, 3, padding=1), nn.BatchNorm2d(c_out), nn.LeakyReLU(0.2)]
+
+
+class FeatureExtractor(nn.Module):
+    """x (B, C, H, W) -> [F_1 (H/2), ..., F_L (H/2^L)]: per level two 3x3 convs + BatchNorm + LeakyReLU(0.2), then a
+    2x down-sampling (max-pool, or a stride-2 conv for "dcgan")."""
+
+    def __init__(self, cfg: RFNConfig):
+        super().__init__()
+        blocks, c = [], cfg.in_channels
+        for level in range(1, cfg.levels + 1):
+            w = cfg.width(level)
+            down = [nn.MaxPool2d(2)] if cfg.extractor == "vgg" else [
+                nn.Conv2d(w, w, 4, stride=2, padding=1), nn.BatchNorm2d(w), nn.LeakyReLU(0.2)]
+            blocks.append(nn.Sequential(*_conv_block(c, w), *_conv_block(w, w), *down))
+            c = w
+        self.blocks = nn.ModuleList(blocks)
+
+    def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
+        out = []
+        for block in self.blocks:
+            x = block(x)
+            out.append(x)
+        return out
+
+
+class ConvLSTMCell(nn.Module):
+    """A convolutional LSTM cell with peepholes (Shi et al. 2015): the gates see x, h_{t-1} through a 3x3 conv and
+    the cell (c_{t-1} for input and forget gates, c_t for the output gate) through per-position weights."""
+
+    def __init__(self, in_channels: int, hidden: int, size: int):
+        super().__init__()
+        self.hidden = hidden
+        self.gates = nn.Conv2d(in_channels + hidden, 4 * hidden, 3, padding=1)
+        self.peep = nn.Parameter(torch.zeros(3, hidden, size, size))  # input, forget, output
+
+    def forward(self, x: torch.Tensor, state: Optional[Tuple[torch.Tensor, torch.Tensor]]):
+        if state is None:
+            h = c = x.new_zeros(x.shape[0], self.hidden, *x.shape[2:])
+        else:
+            h, c = state
+        i, f, g, o = self.gates(torch.cat([x, h], 1)).chunk(4, 1)
+        c = torch.sigmoid(f + self.peep[1] * c) * c + torch.sigmoid(i + self.peep[0] * c) * torch.tanh(g)
+        h = torch.sigmoid(o + self.peep[2] * c) * torch.tanh(c)
+        return h, (h, c)
+
+
+class GaussianNet(nn.Module):
+    """A diagonal Gaussian from a feature map: 3x3 conv, LeakyReLU(0.2), 3x3 conv -> (mean, softplus std)."""
+
+    def __init__(self, in_channels: int, hidden: int, z_channels: int):
+        super().__init__()
+        self.net = nn.Sequential(nn.Conv2d(in_channels, hidden, 3, padding=1), nn.LeakyReLU(0.2),
+                                 nn.Conv2d(hidden, 2 * z_channels, 3, padding=1))
+
+    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        mean, raw = self.net(x).chunk(2, 1)
+        return mean, F.softplus(raw) + 1e-4  # the floor keeps the KL finite
+
+
+def gaussian_kl(mq, sq, mp, sp) -> torch.Tensor:
+    """KL(N(mq, sq^2) || N(mp, sp^2)) of diagonal Gaussians, summed per sample: (B,)."""
+    kl = torch.log(sp / sq) + (sq * sq + (mq - mp) ** 2) / (2 * sp * sp) - 0.5
+    return kl.flatten(1).sum(1)
+
+
+class ConditioningNetwork(nn.Module):
+    """[h_t, z_t] at H/2^L -> one condition per Glow level (level l-1's at H/2^l, base_width * 2^l channels): the
+    extractor's levels in reverse, each taking the skip F_l(x_{t-1}) concatenated to its input, with a 2x
+    up-sampling (nearest, or a transposed conv for "dcgan") between levels."""
+
+    def __init__(self, cfg: RFNConfig):
+        super().__init__()
+        L = cfg.levels
+        blocks, ups = [], []
+        c = cfg.h_channels + cfg.z_channels
+        for level in range(L, 0, -1):
+            w = cfg.width(level)
+            blocks.append(nn.Sequential(*_conv_block(c + w, w), *_conv_block(w, w)))
+            if level > 1:
+                ups.append(nn.Upsample(scale_factor=2, mode="nearest") if cfg.extractor == "vgg" else
+                           nn.ConvTranspose2d(w, w, 4, stride=2, padding=1))
+            c = w
+        self.blocks, self.ups = nn.ModuleList(blocks), nn.ModuleList(ups)
+
+    def forward(self, h: torch.Tensor, z: torch.Tensor, skips: List[torch.Tensor]) -> List[torch.Tensor]:
+        x, out = torch.cat([h, z], 1), []
+        for i, block in enumerate(self.blocks):
+            x = block(torch.cat([x, skips[-1 - i]], 1))
+            out.append(x)
+            if i < len(self.ups):
+                x = self.ups[i](x)
+        return out[::-1]  # level 1 (finest) first, as flowkern.Glow takes a context pyramid
+
+
+class RFN(nn.Module):
+    def __init__(self, cfg: RFNConfig):
+        super().__init__()
+        self.cfg = cfg
+        L, top = cfg.levels, cfg.width(cfg.levels)
+        bottom = cfg.image_size // 2 ** L
+        self.extractor = FeatureExtractor(cfg)
+        self.lstm = ConvLSTMCell(top, cfg.h_channels, bottom)
+        self.prior = GaussianNet(cfg.z_channels + cfg.h_channels, cfg.h_channels, cfg.z_channels)
+        self.posterior = GaussianNet(cfg.z_channels + cfg.h_channels + top, cfg.h_channels, cfg.z_channels)
+        self.conditioner = ConditioningNetwork(cfg)
+        self.flow = Glow(cfg.in_channels, L, cfg.steps, cfg.hidden, affine=cfg.affine,
+                         context_channels=tuple(cfg.width(level) for level in range(1, L + 1)),
+                         reversible=cfg.reversible)
+        self.beta = 1.0  # the KL's weight in log_prob_frames (training anneals it; evaluation uses 1)
+
+    @property
+    def frame_dims(self) -> int:
+        return self.cfg.in_channels * self.cfg.image_size ** 2
+
+    def _check(self, video: torch.Tensor, min_frames: int = 2):
+        cfg = self.cfg
+        want = (cfg.in_channels, cfg.image_size, cfg.image_size)
+        if video.dim() != 5 or tuple(video.shape[2:]) != want or video.shape[1] < min_frames:
+            raise ValueError(f"RFN: expected a video of shape (B, T >= {min_frames}, {want[0]}, {want[1]}, "
+                             f"{want[2]}), got {tuple(video.shape)}")
+
+    def _noise(self, like: torch.Tensor, generator: Optional[torch.Generator]) -> torch.Tensor:
+        return torch.randn(like.shape, generator=generator, device=like.device, dtype=like.dtype)
+
+    def elbo_terms(self, video: torch.Tensor, generator: Optional[torch.Generator] = None):
+        """(log p(x_t | z_t, h_t), KL(q(z_t | .) || p(z_t | .))) in nats for frames t = 2..T, each (B, T - 1), with
+        z_t drawn from the posterior (the noise from `generator`, else the global RNG). Frame t reads x_t and
+        earlier frames only."""
+        self._check(video)
+        B, T = video.shape[:2]
+        feats_prev = self.extractor(video[:, 0])
+        z = video.new_zeros(B, self.cfg.z_channels, *feats_prev[-1].shape[2:])
+        state, log_px, kl = None, [], []
+        for t in range(1, T):
+            h, state = self.lstm(feats_prev[-1], state)
+            feats = self.extractor(video[:, t])
+            mp, sp = self.prior(torch.cat([z, h], 1))
+            mq, sq = self.posterior(torch.cat([z, h, feats[-1]], 1))
+            z = mq + sq * self._noise(mq, generator)
+            kl.append(gaussian_kl(mq, sq, mp, sp))
+            log_px.append(self.flow.log_prob(video[:, t], self.conditioner(h, z, feats_prev)))
+            feats_prev = feats
+        return torch.stack(log_px, 1), torch.stack(kl, 1)
+
+    def log_prob_frames(self, video: torch.Tensor) -> torch.Tensor:
+        """Per-frame ELBO terms log p(x_t | z_t, h_t) - beta * KL for frames 2..T: (B, T - 1), a lower bound of
+        log p(x_t | x_<t) at beta = 1. In eval mode the posterior's noise is fixed (seed 0), so evaluations are
+        comparable and leave the global RNG alone."""
+        g = None
+        if not self.training:
+            g = torch.Generator(device=video.device).manual_seed(0)
+        log_px, kl = self.elbo_terms(video, g)
+        return log_px - self.beta * kl
+
+    def forward(self, video):
+        return self.log_prob_frames(video)
+
+    @torch.no_grad()
+    def generate(self, context: torch.Tensor, num_frames: int, temperature: float = 1.0,
+                 batch_size: Optional[int] = None, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """Continue `context` (B, c >= 1, C, H, W) in [-0.5, 0.5] by num_frames frames: the context's latents from
+        the posterior (the warm-up), then z_t from the prior and x_t from the flow, whose base distribution and split
+        priors have their std scaled by temperature. Returns (B, c + num_frames, C, H, W)."""
+        if context is None:
+            raise ValueError("RFN.generate: needs at least one context frame (the first frame is not modelled)")
+        self._check(context, min_frames=1)
+        frames = list(context.unbind(1))
+        feats_prev = self.extractor(frames[0])
+        z = context.new_zeros(context.shape[0], self.cfg.z_channels, *feats_prev[-1].shape[2:])
+        state = None
+        for x in frames[1:]:
+            h, state = self.lstm(feats_prev[-1], state)
+            feats = self.extractor(x)
+            mq, sq = self.posterior(torch.cat([z, h, feats[-1]], 1))
+            z = mq + sq * self._noise(mq, generator)
+            feats_prev = feats
+        size = (self.cfg.image_size,) * 2
+        for _ in range(num_frames):
+            h, state = self.lstm(feats_prev[-1], state)
+            mp, sp = self.prior(torch.cat([z, h], 1))
+            z = mp + sp * self._noise(mp, generator)
+            x = self.flow.sample(context.shape[0], temperature, self.conditioner(h, z, feats_prev), size, generator)
+            frames.append(x)
+            feats_prev = self.extractor(x)
+        return torch.stack(frames, 1)
+
+    def config_dict(self) -> dict:
+        return asdict(self.cfg)
+
+
+def elbo_bits_per_dim(log_px: torch.Tensor, kl: torch.Tensor, frame_dims: int, n_bits: int) -> torch.Tensor:
+    """The thesis's bits/dim of each clip: (KL + NLL) summed over frames 2..T / (ln 2 * C*H*W * (T - 1)), of the
+    discrete data (the dequantization constant included). log_px, kl: (B, T - 1) in nats -> (B,)."""
+    return flowkern.bits_per_dim((log_px - kl).mean(1), frame_dims, n_bits)
+
+
+def training_step_peak(cfg: RFNConfig, batch: int, frames: int, device="meta"):
+    """The real peak memory (flowkern.memory.PeakMemory: every storage alive) of one training step of a fresh
+    RFN(cfg), forward and backward of the mean negative ELBO, on `batch` clips of `frames` frames."""
+    with torch.device(device):
+        model = RFN(cfg)
+        video = torch.rand(batch, frames, cfg.in_channels, cfg.image_size, cfg.image_size) - 0.5
+    for m in model.modules():  # the data-dependent init is not part of a training step
+        if isinstance(m, ActNorm2d):
+            m.mark_initialized()
+    return peak_memory(lambda: (-model.log_prob_frames(video).mean()).backward(), model, video)
