@@ -20,8 +20,8 @@ from flowkern.models.data import StochasticMovement, StochasticMovingDigits
 from flowkern.models.motion import (continuation_accuracy, first_frame_choice, likelihood_motion_tests,
                                     per_frame_bpp)
 from flowkern.models.train import (INIT_FRAMES, CheckpointError, UsageError, atomic_write, clip_frames, clips_of,
-                                   dequantize, label_kind, load_checkpoint, make_datasets, model_from_checkpoint,
-                                   nonnegative_int, positive_int)
+                                   dequantize, glyph_size, label_kind, load_checkpoint, make_datasets,
+                                   model_from_checkpoint, nonnegative_int, positive_int)
 
 FRESH_SEED_OFFSET = 2_000_003  # the training command uses seed (training) and seed + 1_000_003 (held out)
 
@@ -61,8 +61,10 @@ def parser():
 def evaluate_checkpoint(model, dataset, args, label_kind=None) -> dict:
     idx = list(range(min(args.clips, len(dataset))))
     first = dataset[0]
-    out = {"clips": len(idx), "frames": int((first[0] if isinstance(first, tuple) else first).shape[0]),
+    frames = int((first[0] if isinstance(first, tuple) else first).shape[0])
+    out = {"clips": len(idx), "frames": frames,
            "per_frame_bpp": per_frame_bpp(model, dataset, idx, args.batch_size, args.seed, label_kind)}
+    out["first_frame"] = frames - len(out["per_frame_bpp"]) + 1  # the RFN scores frames 2..T
     if not isinstance(dataset, StochasticMovement):
         return out
     out["likelihood_motion"] = likelihood_motion_tests(model, dataset, idx, args.context, args.batch_size, args.seed)
@@ -77,7 +79,8 @@ def evaluate_checkpoint(model, dataset, args, label_kind=None) -> dict:
 def report(r: dict) -> str:
     lines = [f"{r['clips']} held-out clips",
              "per-frame bits/pixel (log p(x_t | x_<t)): " + ", ".join(f"t={t + 1}: {b:.4f}"
-                                                                       for t, b in enumerate(r["per_frame_bpp"]))]
+                                                                       for t, b in enumerate(r["per_frame_bpp"],
+                                                                                             r["first_frame"] - 1))]
     if "likelihood_motion" in r:
         m = r["likelihood_motion"]
         lines.append(f"likelihood motion tests: bits/pixel of the next frame true {m['bpp_true']:.4f}, reversed "
@@ -129,7 +132,7 @@ def main(argv=None):
                                      speed=getattr(train_args, "speed", None), seed=data_seed)
     elif train_args.data == "digits":
         dataset = StochasticMovingDigits(args.clips, frames=frames, size=cfg.image_size, seed=data_seed,
-                                         channels=cfg.in_channels)
+                                         channels=cfg.in_channels, glyph_size=glyph_size(cfg.image_size))
     else:  # a video folder: the training command's held-out tail
         train_args.frames = frames
         try:

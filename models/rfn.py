@@ -62,7 +62,7 @@ CONFIGS = {
     "smmnist": RFNConfig(in_channels=1, z_channels=3),
     # a CPU-sized model for SM-MNIST at 32x32
     "small": RFNConfig(in_channels=1, image_size=32, levels=3, steps=4, hidden=64, h_channels=32, z_channels=3),
-    "tiny": RFNConfig(in_channels=1, image_size=8, levels=2, steps=1, hidden=8, base_width=2, h_channels=4,
+    "tiny": RFNConfig(in_channels=1, image_size=16, levels=2, steps=1, hidden=8, base_width=2, h_channels=4,
                       z_channels=2),
 }
 
@@ -254,6 +254,17 @@ class RFN(nn.Module):
             frames.append(x)
             feats_prev = self.extractor(x)
         return torch.stack(frames, 1)
+
+    @torch.no_grad()
+    def out_of_sequence_bpp(self, context: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+        """Bits/pixel (the ELBO's, posterior noise of seed 0) of each candidate frame placed right after `context`
+        (B, c, ...): candidates (B, K, C, H, W) -> (B, K). (VideoFlow's measure of the same name.)"""
+        out = []
+        for k in range(candidates.shape[1]):
+            g = torch.Generator(device=context.device).manual_seed(0)
+            log_px, kl = self.elbo_terms(torch.cat([context, candidates[:, k:k + 1]], 1), g)
+            out.append(flowkern.bits_per_dim(log_px[:, -1] - kl[:, -1], self.frame_dims, self.cfg.n_bits))
+        return torch.stack(out, 1)
 
     def config_dict(self) -> dict:
         return asdict(self.cfg)

@@ -14,7 +14,7 @@ import torch
 import flowkern
 from flowkern.models.train import (CheckpointError, UsageError, clip_frames, clips_of, load_checkpoint,
                                    make_datasets, model_from_checkpoint, nonnegative_float, nonnegative_int,
-                                   positive_int)
+                                   positive_int, sample_context)
 from flowkern.models.video_io import to_uint8_frames, write_grid, write_video
 
 
@@ -48,6 +48,8 @@ def main(argv=None):
     train_args = SimpleNamespace(**state["args"])
     frames = args.frames or train_args.frames
     g = torch.Generator(device=device).manual_seed(args.seed)
+    if args.unconditional and getattr(train_args, "model", "videoflow") == "rfn":
+        p.error("--unconditional: the RFN does not model a first frame; it continues given frames (leave it out)")
     if args.unconditional:
         n_labels = getattr(cfg, "num_labels", 0)
         labels = {"labels": torch.arange(args.num, device=device) % n_labels} if n_labels else {}
@@ -60,7 +62,7 @@ def main(argv=None):
             p.error(f"--checkpoint: cannot rebuild the held-out clips of its training data ({e}); "
                     "use --unconditional")
         clips, _ = clips_of([held_out[i] for i in range(min(args.num, len(held_out)))])
-        c = min(getattr(cfg, "context", 1), frames - 1)
+        c = min(sample_context(train_args, cfg), frames - 1)
         context = flowkern.preprocess(clips[:, :c], cfg.n_bits, noise=False).to(device)
         video = model.generate(context, frames - c, args.temperature, generator=g)
     out = [to_uint8_frames(v, cfg.n_bits) for v in video]

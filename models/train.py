@@ -1,5 +1,6 @@
 """Train a video flow: `python -m flowkern.models.train videoflow --config shapes --out runs/shapes`, or
-`python -m flowkern.models.train cglow --config small --variant state --out runs/cglow-state`.
+`python -m flowkern.models.train cglow --config small --variant state --out runs/cglow-state`, or
+`python -m flowkern.models.train rfn --config small --data digits --out runs/rfn`.
 
 Multi-GPU: `torchrun --nproc_per_node=N -m flowkern.models.train videoflow ...` (DistributedDataParallel; the
 batch size is per process; ActNorm's data-dependent init is all-reduced across ranks). Without a GPU the same
@@ -36,6 +37,7 @@ import flowkern
 from flowkern.models.cglow import CONFIGS as CGLOW_CONFIGS, VARIANTS as CGLOW_VARIANTS, CGlow, CGlowConfig
 from flowkern.models.data import Labelled, StochasticMovement, StochasticMovingDigits, VideoFolder
 from flowkern.models.motion import continuation_accuracy
+from flowkern.models.rfn import CONFIGS as RFN_CONFIGS, EXTRACTORS, RFN, RFNConfig
 from flowkern.models.video_io import to_uint8_frames, write_grid, write_video
 from flowkern.models.videoflow import CONFIGS, VideoFlow, VideoFlowConfig
 from flowkern.memory import keep_freed_cpu_memory
@@ -43,6 +45,11 @@ from flowkern.nn.coupling import COUPLING_NETS
 
 
 # ---------------------------------------------------------------------------------------------- data
+def glyph_size(image_size: int) -> int:
+    """Digit glyphs for `digits` clips: SM-MNIST's 28-pixel digits in 64x64 frames, scaled to the frame."""
+    return max(4, round(28 * image_size / 64))
+
+
 def label_kind(args):
     """The label a model trains on (CGlow's variant "state_label": --label), or None."""
     return args.label if getattr(args, "variant", None) == "state_label" else None
@@ -57,7 +64,7 @@ def make_datasets(args, cfg):
                                                 speed=getattr(args, "speed", None), seed=seed)
     elif kind == "digits":
         mk = lambda seed, n: StochasticMovingDigits(n, frames=args.frames, size=cfg.image_size, seed=seed,  # noqa
-                                                    channels=cfg.in_channels)
+                                                    channels=cfg.in_channels, glyph_size=glyph_size(cfg.image_size))
     elif kind.startswith("folder:"):
         try:  # every file is checked here, before training
             full = VideoFolder(kind.split(":", 1)[1], frames=args.frames, size=cfg.image_size,
@@ -70,7 +77,10 @@ def make_datasets(args, cfg):
         return torch.utils.data.Subset(full, idx[:-n_eval]), torch.utils.data.Subset(full, idx[-n_eval:])
     else:
         raise UsageError(f"--data: expected shapes, digits or folder:PATH, got {kind!r}")
-    train_set, eval_set = mk(args.seed, args.train_videos), mk(args.seed + 1_000_003, args.eval_videos)  # disjoint
+    try:
+        train_set, eval_set = mk(args.seed, args.train_videos), mk(args.seed + 1_000_003, args.eval_videos)  # disjoint
+    except ValueError as e:
+        raise UsageError(f"--data {kind}: {e}") from None
     if labels:
         try:
             return Labelled(train_set, labels), Labelled(eval_set, labels)
@@ -231,7 +241,7 @@ def load_checkpoint(path, map_location="cpu", required=TRAIN_KEYS):
     return state
 
 
-MODELS = {"videoflow": (VideoFlow, VideoFlowConfig), "cglow": (CGlow, CGlowConfig)}
+MODELS = {"videoflow": (VideoFlow, VideoFlowConfig), "cglow": (CGlow, CGlowConfig), "rfn": (RFN, RFNConfig)}
 
 
 def config_from(d, model: str = "videoflow"):
@@ -272,12 +282,17 @@ FLAG_OF_FIELD = {"levels": "--levels", "steps": "--flow-steps", "hidden": "--hid
 CGLOW_FLAG_OF_FIELD = {"levels": "--levels", "steps": "--flow-steps", "hidden": "--hidden", "n_bits": "--n-bits",
                        "image_size": "--image-size", "affine": "--coupling", "variant": "--variant",
                        "state_channels": "--state-channels", "tbptt": "--tbptt", "num_labels": "--label (its classes)"}
+RFN_FLAG_OF_FIELD = {"levels": "--levels", "steps": "--flow-steps", "hidden": "--hidden", "n_bits": "--n-bits",
+                     "image_size": "--image-size", "affine": "--coupling", "extractor": "--extractor",
+                     "h_channels": "--h-channels", "z_channels": "--z-channels", "base_width": "--base-width"}
 
 
 def resolve_config(args):
     """The model config: --config with the command line's overrides."""
     if args.model == "cglow":
         return resolve_cglow_config(args)
+    if args.model == "rfn":
+        return resolve_rfn_config(args)
     overrides = {"levels": args.levels, "steps": args.flow_steps, "hidden": args.hidden, "context": args.context,
                  "n_bits": args.n_bits, "image_size": args.image_size, "recompute_chunk": args.recompute_chunk,
                  "skip": args.skip, "affine": None if args.coupling is None else args.coupling == "affine",
@@ -330,6 +345,22 @@ def resolve_cglow_config(args) -> CGlowConfig:
     return cfg
 
 
+def resolve_rfn_config(args) -> RFNConfig:
+    overrides = {"levels": args.levels, "steps": args.flow_steps, "hidden": args.hidden, "n_bits": args.n_bits,
+                 "image_size": args.image_size, "affine": None if args.coupling is None else args.coupling == "affine",
+                 "extractor": args.extractor, "h_channels": args.h_channels, "z_channels": args.z_channels,
+                 "base_width": args.base_width}
+    try:
+        return dataclasses.replace(RFN_CONFIGS[args.config], **{k: v for k, v in overrides.items() if v is not None})
+    except ValueError as e:
+        raise UsageError(f"--config {args.config} with the overrides: {e}") from None
+
+
+def kl_weight(args, done) -> float:
+    """The RFN's beta at step `done`: linear from --beta-start to 1 over --beta-steps steps, then 1."""
+    return 1.0 if args.beta_steps == 0 else args.beta_start + (1.0 - args.beta_start) * min(1.0, done / args.beta_steps)
+
+
 def fit_to_memory(args, cfg):
     """--memory-budget with --fit: set --frames or --batch-size from a memory plan of the model (meta device)."""
     if args.model != "videoflow":
@@ -360,7 +391,7 @@ def fit_to_memory(args, cfg):
 
 def _config_differences(saved, cfg, saved_args, args):
     diffs = []
-    flags = CGLOW_FLAG_OF_FIELD if args.model == "cglow" else FLAG_OF_FIELD
+    flags = {"cglow": CGLOW_FLAG_OF_FIELD, "rfn": RFN_FLAG_OF_FIELD}.get(args.model, FLAG_OF_FIELD)
     for f in dataclasses.fields(cfg):
         old, new = getattr(saved, f.name), getattr(cfg, f.name)
         if old != new:
@@ -375,8 +406,12 @@ def _config_differences(saved, cfg, saved_args, args):
 @torch.no_grad()
 def evaluate_frames(model, dataset, args, cfg, device, rank, world) -> list:
     """Held-out bits/pixel of each frame given the earlier ones, averaged over the first --eval-clips clips (fixed
-    dequantization noise, so evaluations are comparable): a list of T values."""
+    dequantization noise, so evaluations are comparable): a list of T values (RFN: T - 1, frames 2..T, its ELBO at
+    beta 1)."""
     model.eval()
+    beta = getattr(model, "beta", None)
+    if beta is not None:
+        model.beta = 1.0
     total, count = None, torch.zeros((), device=device, dtype=torch.float64)
     idx = list(range(rank, min(len(dataset), args.eval_clips), world))
     for i in range(0, len(idx), args.batch_size):
@@ -387,11 +422,13 @@ def evaluate_frames(model, dataset, args, cfg, device, rank, world) -> list:
         total = bpp if total is None else total + bpp
         count += clips.shape[0]
     if total is None:
-        total = torch.zeros(args.frames, device=device, dtype=torch.float64)
+        total = torch.zeros(args.frames - (args.model == "rfn"), device=device, dtype=torch.float64)
     if world > 1:
         dist.all_reduce(total)
         dist.all_reduce(count)
     model.train()
+    if beta is not None:
+        model.beta = beta
     if count.item() == 0:  # never log a perfect score of nothing
         raise RuntimeError("evaluate: no held-out clip was evaluated")
     return (total / count).tolist()
@@ -400,7 +437,7 @@ def evaluate_frames(model, dataset, args, cfg, device, rank, world) -> list:
 def evaluate_score(frames, model, args) -> float:
     """The run's held-out score from per-frame bits/pixel: the mean over the frames the model predicts (VideoFlow:
     those after its first `context`; CGlow: every frame, the head's and the tail's)."""
-    first = 0 if args.model == "cglow" else min(model.first_conditioned, len(frames) - 1)
+    first = 0 if args.model in ("cglow", "rfn") else min(model.first_conditioned, len(frames) - 1)
     return sum(frames[first:]) / len(frames[first:])
 
 
@@ -430,6 +467,11 @@ def continuation_accuracy_of(model, dataset, args) -> float:
 
 
 @torch.no_grad()
+def sample_context(args, cfg) -> int:
+    """Given frames before the sampled ones: VideoFlow's context; CGlow's 1; the RFN's warm-up, half the clip."""
+    return {"cglow": 1, "rfn": max(1, args.frames // 2)}.get(args.model, getattr(cfg, "context", 1))
+
+
 def write_samples(model, dataset, args, cfg, device, tag):
     """Held-out clips continued from their first frames (VideoFlow: its `context`; CGlow: one), as GIFs, an MP4 and
     a grid of rows real / sampled; CGlow also samples whole clips from scratch (with the held-out clips' labels),
@@ -437,7 +479,7 @@ def write_samples(model, dataset, args, cfg, device, tag):
     model.eval()
     n = min(args.num_samples, len(dataset))
     clips, labels = clips_of([dataset[j] for j in range(n)])
-    ctx_frames = min(getattr(cfg, "context", 1), clips.shape[1] - 1)
+    ctx_frames = min(sample_context(args, cfg), clips.shape[1] - 1)
     context = flowkern.preprocess(clips[:, :ctx_frames], cfg.n_bits, noise=False).to(device)
     g = torch.Generator(device=device).manual_seed(args.seed)
     video = model.generate(context, args.frames - ctx_frames, temperature=args.temperature, generator=g)
@@ -463,6 +505,7 @@ def write_samples(model, dataset, args, cfg, device, tag):
 INIT_FRAMES = 8  # frames per clip of the batch ActNorm initialises from
 LOG_HEADER = ["step", "train_bpp", "lr", "grad_norm", "skipped", "eval_bpp", "seconds", "continuation_acc"]
 CGLOW_LOG_HEADER = LOG_HEADER + ["eval_head_bpp", "eval_tail_bpp"]  # frame 1 (the head), frames 2.. (the tail)
+RFN_LOG_HEADER = LOG_HEADER + ["beta"]  # the KL's weight in that step's loss
 RUN_FILES = ("checkpoint.pt", "metrics.csv")  # an --out holding one of these holds a run
 RUN_FOLDERS = ("samples", "tb")
 
@@ -585,7 +628,7 @@ def train(args):
     sampler = DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=args.seed,
                                  drop_last=True)
     if rank == 0:
-        _start_log(log_path, start, CGLOW_LOG_HEADER if args.model == "cglow" else LOG_HEADER)
+        _start_log(log_path, start, {"cglow": CGLOW_LOG_HEADER, "rfn": RFN_LOG_HEADER}.get(args.model, LOG_HEADER))
     log = open(log_path, "a", newline="") if rank == 0 else None
     writer = csv.writer(log) if log else None
     tb = None
@@ -612,6 +655,8 @@ def train(args):
         lr = learning_rate(args, done)
         for group in opt.param_groups:
             group["lr"] = lr
+        if args.model == "rfn":
+            model.beta = kl_weight(args, done)
         clips, labels = batch_at(train_set, sampler, step, args.batch_size)
         clips = random_windows(clips, args.window, args.seed, step, rank)
         extra = [] if labels is None else [labels.to(device)]
@@ -660,7 +705,8 @@ def train(args):
             bar.set_postfix(bpp=f"{train_bpp:.3f}", eval=eval_bpp if eval_bpp == "" else f"{eval_bpp:.3f}")
             writer.writerow([done, f"{train_bpp:.5f}", f"{lr:.3g}", f"{gnorm.item():.4g}", skipped,
                              eval_bpp if eval_bpp == "" else f"{eval_bpp:.5f}", f"{time.time() - t0:.1f}",
-                             acc if acc == "" else f"{acc:.4f}"] + (head_tail if args.model == "cglow" else []))
+                             acc if acc == "" else f"{acc:.4f}"] + (head_tail if args.model == "cglow" else []) +
+                            ([f"{model.beta:.4g}"] if args.model == "rfn" else []))
             log.flush()
             if tb:
                 if bool(finite):
@@ -889,6 +935,20 @@ def parser():
                    help="frames the state's gradient flows back through (truncated backprop; default: the whole "
                         "clip)")
     c.set_defaults(window=None)  # whole clips: the state starts at the first frame
+
+    r = sub.add_parser("rfn", help="the Recurrent Flow Network (SRNN + conditional Glow; Glissov & Konradsen)")
+    r.add_argument("--config", choices=sorted(RFN_CONFIGS), default="small")
+    _add_run_arguments(r, "runs/rfn", 10)
+    r.set_defaults(data="digits", window=None)
+    r.add_argument("--extractor", choices=EXTRACTORS, default=None,
+                   help="override the config's feature extractor: vgg (max-pool, nearest up-sampling) or dcgan "
+                        "(stride-2 convs, transposed convs)")
+    for name in ("h-channels", "z-channels", "base-width"):
+        r.add_argument(f"--{name}", type=positive_int, default=None, help="override the config's value")
+    r.add_argument("--beta-start", type=unit_float, default=1e-7,
+                   help="the KL's weight at step 0, raised linearly to 1 over --beta-steps (the thesis: 1e-7 to 1)")
+    r.add_argument("--beta-steps", type=nonnegative_int, default=1000,
+                   help="steps of the KL weight's linear warm-up (0: beta 1 throughout)")
     return p
 
 

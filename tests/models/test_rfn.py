@@ -14,7 +14,7 @@ def _model(reversible=True, **kw):
     return randomize_(RFN(dataclasses.replace(CONFIGS["tiny"], reversible=reversible, **kw))).double()
 
 
-def _clip(B=2, T=4, size=8):
+def _clip(B=2, T=4, size=16):
     torch.manual_seed(1)
     return torch.rand(B, T, 1, size, size, dtype=torch.float64) - 0.5
 
@@ -80,7 +80,7 @@ def test_generate_warms_up_on_the_context_then_samples():
     context = _clip(T=2)
     a = m.generate(context, 3, 0.7, generator=torch.Generator().manual_seed(0))
     b = m.generate(context, 3, 0.7, generator=torch.Generator().manual_seed(0))
-    assert a.shape == (2, 5, 1, 8, 8) and torch.equal(a, b) and torch.equal(a[:, :2], context)
+    assert a.shape == (2, 5, 1, 16, 16) and torch.equal(a, b) and torch.equal(a[:, :2], context)
     assert torch.isfinite(a).all() and not torch.equal(a[:, 2], a[:, 3])
     with pytest.raises(ValueError, match="at least one context frame"):
         m.generate(None, 2)
@@ -91,5 +91,5 @@ def test_bad_configs_and_inputs_are_refused():
         RFNConfig(extractor="resnet")
     with pytest.raises(ValueError, match="multiple of 2 \\*\\* levels"):
         RFNConfig(image_size=20, levels=3)
-    with pytest.raises(ValueError, match=r"expected a video of shape \(B, T >= 2, 1, 8, 8\)"):
+    with pytest.raises(ValueError, match=r"expected a video of shape \(B, T >= 2, 1, 16, 16\)"):
         _model().elbo_terms(_clip(T=1))
