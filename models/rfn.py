@@ -12,7 +12,14 @@ An SRNN whose emission is a conditional Glow. For each frame t >= 2, with u_t = 
   level l's couplings and split prior (the top level's also the base distribution);
 - emission: log p(x_t | z_t, h_t) from a conditional Glow (flowkern.Glow with a context pyramid; reversible).
 The ELBO per frame is log p(x_t | z_t, h_t) - beta * KL(q || p), z_t drawn from q (reparameterised); z_1 = 0 and
-h_1 = 0, and the first frame is only context. Bits per dimension are the thesis's: (KL + NLL) / (ln 2 * C*H*W *
+h_1 = 0, and the first frame is only context.
+
+The thesis's options (section 3.5-3.6), each a switch of RFNConfig:
+- smoothing (SRNN's; on in the thesis): the posterior reads a_t = a backward ConvLSTM over [h_t, F_L(x_t)] from
+  the last frame down to t, q(z_t | z_{t-1}, a_t): it sees the future frames (the prior and the flow never do);
+- res_q (the residual posterior): q's mean is the prior's mean plus the posterior network's output;
+- overshooting D (latent overshooting): the KL of frame t averages D terms, the d-step prior of z_t rolled from the
+  posterior's z_{t-d} through the prior (d = 1: the plain KL; d > 1 against a stopped-gradient posterior). Bits per dimension are the thesis's: (KL + NLL) / (ln 2 * C*H*W *
 (T - 1)) of the dequantized data, with the -D log(2^n_bits) constant (flowkern.bits_per_dim).
 """
 from dataclasses import asdict, dataclass
@@ -41,12 +48,18 @@ class RFNConfig:
     base_width: int = 8  # extractor level l (1..L) has base_width * 2^l channels
     h_channels: int = 256
     z_channels: int = 5
+    a_channels: int = 256  # the smoothing backward ConvLSTM's channels
+    smoothing: bool = True
+    res_q: bool = False
+    overshooting: int = 1
     n_bits: int = 8
     reversible: bool = True
 
     def __post_init__(self):
         if self.extractor not in EXTRACTORS:
             raise ValueError(f"RFNConfig: extractor must be one of {EXTRACTORS}, got {self.extractor!r}")
+        if self.overshooting < 1:
+            raise ValueError(f"RFNConfig: overshooting is a number of steps D >= 1 (1: off), got {self.overshooting}")
         if self.image_size % 2 ** self.levels:
             raise ValueError(f"RFNConfig: image_size must be a multiple of 2 ** levels = {2 ** self.levels}, got "
                              f"{self.image_size}")
@@ -61,9 +74,10 @@ CONFIGS = {
     "bair": RFNConfig(),
     "smmnist": RFNConfig(in_channels=1, z_channels=3),
     # a CPU-sized model for SM-MNIST at 32x32
-    "small": RFNConfig(in_channels=1, image_size=32, levels=3, steps=4, hidden=64, h_channels=32, z_channels=3),
+    "small": RFNConfig(in_channels=1, image_size=32, levels=3, steps=4, hidden=64, h_channels=32, z_channels=3,
+                       a_channels=32),
     "tiny": RFNConfig(in_channels=1, image_size=16, levels=2, steps=1, hidden=8, base_width=2, h_channels=4,
-                      z_channels=2),
+                      z_channels=2, a_channels=4),
 }
 
 
@@ -172,7 +186,9 @@ class RFN(nn.Module):
         self.extractor = FeatureExtractor(cfg)
         self.lstm = ConvLSTMCell(top, cfg.h_channels, bottom)
         self.prior = GaussianNet(cfg.z_channels + cfg.h_channels, cfg.h_channels, cfg.z_channels)
-        self.posterior = GaussianNet(cfg.z_channels + cfg.h_channels + top, cfg.h_channels, cfg.z_channels)
+        q_in = cfg.a_channels if cfg.smoothing else cfg.h_channels + top
+        self.smoother = ConvLSTMCell(cfg.h_channels + top, cfg.a_channels, bottom) if cfg.smoothing else None
+        self.posterior = GaussianNet(cfg.z_channels + q_in, cfg.h_channels, cfg.z_channels)
         self.conditioner = ConditioningNetwork(cfg)
         self.flow = Glow(cfg.in_channels, L, cfg.steps, cfg.hidden, affine=cfg.affine,
                          context_channels=tuple(cfg.width(level) for level in range(1, L + 1)),
@@ -193,25 +209,66 @@ class RFN(nn.Module):
     def _noise(self, like: torch.Tensor, generator: Optional[torch.Generator]) -> torch.Tensor:
         return torch.randn(like.shape, generator=generator, device=like.device, dtype=like.dtype)
 
+    def _posterior(self, z, h, feats_top, smoothed, prior_mean):
+        """q(z_t | z_{t-1}, h_t, x_t) (or, smoothing, | z_{t-1}, a_t): (mean, std); res_q adds the prior's mean."""
+        mq, sq = self.posterior(torch.cat([z, smoothed] if self.smoother is not None else [z, h, feats_top], 1))
+        return (prior_mean + mq if self.cfg.res_q else mq), sq
+
     def elbo_terms(self, video: torch.Tensor, generator: Optional[torch.Generator] = None):
         """(log p(x_t | z_t, h_t), KL(q(z_t | .) || p(z_t | .))) in nats for frames t = 2..T, each (B, T - 1), with
-        z_t drawn from the posterior (the noise from `generator`, else the global RNG). Frame t reads x_t and
-        earlier frames only."""
+        z_t drawn from the posterior (the noise from `generator`, else the global RNG). The prior and the flow of
+        frame t read x_1..x_{t-1} (and the flow x_t); the posterior reads x_t, and with smoothing the later frames."""
         self._check(video)
-        B, T = video.shape[:2]
-        feats_prev = self.extractor(video[:, 0])
-        z = video.new_zeros(B, self.cfg.z_channels, *feats_prev[-1].shape[2:])
-        state, log_px, kl = None, [], []
-        for t in range(1, T):
-            h, state = self.lstm(feats_prev[-1], state)
-            feats = self.extractor(video[:, t])
-            mp, sp = self.prior(torch.cat([z, h], 1))
-            mq, sq = self.posterior(torch.cat([z, h, feats[-1]], 1))
-            z = mq + sq * self._noise(mq, generator)
-            kl.append(gaussian_kl(mq, sq, mp, sp))
-            log_px.append(self.flow.log_prob(video[:, t], self.conditioner(h, z, feats_prev)))
-            feats_prev = feats
+        feats, hs, smoothed, _ = self._encode(video)
+        zs = [video.new_zeros(video.shape[0], self.cfg.z_channels, *hs[0].shape[2:])]  # z_1 = 0, then q's z_2, ...
+        posts, log_px, kl = [], [], []
+        for k in range(video.shape[1] - 1):  # frame k + 2
+            mp, sp = self.prior(torch.cat([zs[-1], hs[k]], 1))
+            mq, sq = self._posterior(zs[-1], hs[k], feats[k + 1][-1], smoothed[k], mp)
+            posts.append((mq, sq))
+            kl.append(self._overshooting_kl(k, zs, hs, posts, (mp, sp), generator))
+            zs.append(mq + sq * self._noise(mq, generator))
+            log_px.append(self.flow.log_prob(video[:, k + 1], self.conditioner(hs[k], zs[-1], feats[k])))
         return torch.stack(log_px, 1), torch.stack(kl, 1)
+
+    def _overshooting_kl(self, k, zs, hs, posts, prior, generator):
+        """The KL of predicted frame k (frame k + 2): the plain one, or with overshooting D the mean over d = 1..D
+        (as far as the clip goes back) of KL(q_k || p_d), p_d rolled d - 1 steps through the prior from the
+        posterior's z of d steps earlier, against the posterior with its gradient stopped."""
+        mq, sq = posts[k]
+        terms = [gaussian_kl(mq, sq, *prior)]
+        for d in range(2, min(self.cfg.overshooting, k + 1) + 1):
+            z = zs[k + 1 - d]
+            for j in range(k + 1 - d, k):  # rolled with the prior's samples up to frame k - 1
+                mp, sp = self.prior(torch.cat([z, hs[j]], 1))
+                z = mp + sp * self._noise(mp, generator)
+            terms.append(gaussian_kl(mq.detach(), sq.detach(), *self.prior(torch.cat([z, hs[k]], 1))))
+        return torch.stack(terms).mean(0)
+
+    def _encode(self, video):
+        """The deterministic paths of a clip: every frame's features, h_t (from x_1..x_{t-1}) for t = 2..T, a_t
+        (smoothing: from [h_t, F_L(x_t)] of frames T down to t; else None) and the forward ConvLSTM's last state."""
+        T = video.shape[1]
+        feats = [self.extractor(video[:, t]) for t in range(T)]
+        hs, state = [], None
+        for t in range(1, T):
+            h, state = self.lstm(feats[t - 1][-1], state)
+            hs.append(h)
+        smoothed, back = [None] * (T - 1), None
+        if self.smoother is not None:
+            for k in reversed(range(T - 1)):
+                smoothed[k], back = self.smoother(torch.cat([hs[k], feats[k + 1][-1]], 1), back)
+        return feats, hs, smoothed, state
+
+    def _warm_up(self, context, generator):
+        """The posterior over the context's frames 2..c: (the forward ConvLSTM's state, the last z)."""
+        feats, hs, smoothed, state = self._encode(context)
+        z = context.new_zeros(context.shape[0], self.cfg.z_channels, *hs[0].shape[2:])
+        for k in range(context.shape[1] - 1):
+            mp, _ = self.prior(torch.cat([z, hs[k]], 1))
+            mq, sq = self._posterior(z, hs[k], feats[k + 1][-1], smoothed[k], mp)
+            z = mq + sq * self._noise(mq, generator)
+        return state, z
 
     def log_prob_frames(self, video: torch.Tensor) -> torch.Tensor:
         """Per-frame ELBO terms log p(x_t | z_t, h_t) - beta * KL for frames 2..T: (B, T - 1), a lower bound of
@@ -236,15 +293,12 @@ class RFN(nn.Module):
             raise ValueError("RFN.generate: needs at least one context frame (the first frame is not modelled)")
         self._check(context, min_frames=1)
         frames = list(context.unbind(1))
-        feats_prev = self.extractor(frames[0])
-        z = context.new_zeros(context.shape[0], self.cfg.z_channels, *feats_prev[-1].shape[2:])
-        state = None
-        for x in frames[1:]:
-            h, state = self.lstm(feats_prev[-1], state)
-            feats = self.extractor(x)
-            mq, sq = self.posterior(torch.cat([z, h, feats[-1]], 1))
-            z = mq + sq * self._noise(mq, generator)
-            feats_prev = feats
+        state, z, feats_prev = None, None, self.extractor(frames[0])
+        if len(frames) > 1:  # the warm-up: the context's latents from the posterior (smoothing: over the context)
+            state, z = self._warm_up(context, generator)
+            feats_prev = self.extractor(frames[-1])
+        if z is None:
+            z = context.new_zeros(context.shape[0], self.cfg.z_channels, *feats_prev[-1].shape[2:])
         size = (self.cfg.image_size,) * 2
         for _ in range(num_frames):
             h, state = self.lstm(feats_prev[-1], state)

@@ -284,7 +284,9 @@ CGLOW_FLAG_OF_FIELD = {"levels": "--levels", "steps": "--flow-steps", "hidden": 
                        "state_channels": "--state-channels", "tbptt": "--tbptt", "num_labels": "--label (its classes)"}
 RFN_FLAG_OF_FIELD = {"levels": "--levels", "steps": "--flow-steps", "hidden": "--hidden", "n_bits": "--n-bits",
                      "image_size": "--image-size", "affine": "--coupling", "extractor": "--extractor",
-                     "h_channels": "--h-channels", "z_channels": "--z-channels", "base_width": "--base-width"}
+                     "h_channels": "--h-channels", "z_channels": "--z-channels", "base_width": "--base-width",
+                     "a_channels": "--a-channels", "smoothing": "--smoothing", "res_q": "--res-q",
+                     "overshooting": "--overshooting"}
 
 
 def resolve_config(args):
@@ -349,7 +351,8 @@ def resolve_rfn_config(args) -> RFNConfig:
     overrides = {"levels": args.levels, "steps": args.flow_steps, "hidden": args.hidden, "n_bits": args.n_bits,
                  "image_size": args.image_size, "affine": None if args.coupling is None else args.coupling == "affine",
                  "extractor": args.extractor, "h_channels": args.h_channels, "z_channels": args.z_channels,
-                 "base_width": args.base_width}
+                 "base_width": args.base_width, "a_channels": args.a_channels, "smoothing": args.smoothing,
+                 "res_q": args.res_q, "overshooting": args.overshooting}
     try:
         return dataclasses.replace(RFN_CONFIGS[args.config], **{k: v for k, v in overrides.items() if v is not None})
     except ValueError as e:
@@ -943,8 +946,14 @@ def parser():
     r.add_argument("--extractor", choices=EXTRACTORS, default=None,
                    help="override the config's feature extractor: vgg (max-pool, nearest up-sampling) or dcgan "
                         "(stride-2 convs, transposed convs)")
-    for name in ("h-channels", "z-channels", "base-width"):
+    for name in ("h-channels", "z-channels", "a-channels", "base-width"):
         r.add_argument(f"--{name}", type=positive_int, default=None, help="override the config's value")
+    r.add_argument("--smoothing", action=argparse.BooleanOptionalAction, default=None,
+                   help="override the config's value: the posterior reads a backward ConvLSTM over the clip")
+    r.add_argument("--res-q", action=argparse.BooleanOptionalAction, default=None,
+                   help="override the config's value: the posterior's mean is the prior's plus a residual")
+    r.add_argument("--overshooting", type=positive_int, default=None,
+                   help="override the config's value: latent overshooting over D steps (1: off)")
     r.add_argument("--beta-start", type=unit_float, default=1e-7,
                    help="the KL's weight at step 0, raised linearly to 1 over --beta-steps (the thesis: 1e-7 to 1)")
     r.add_argument("--beta-steps", type=nonnegative_int, default=1000,

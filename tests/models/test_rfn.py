@@ -48,9 +48,9 @@ def test_elbo_terms_and_beta():
     assert torch.allclose(again, log_px0 - 0.25 * kl0, rtol=1e-12)
 
 
-def test_frame_t_never_reads_later_frames():
+def test_without_smoothing_frame_t_never_reads_later_frames():
     """The ELBO term of frame t (prior, posterior, flow) depends on x_1..x_t only: no gradient from x_{>t}."""
-    m = _model().eval()
+    m = _model(smoothing=False).eval()
     video = _clip(T=5).requires_grad_(True)
     terms = m.log_prob_frames(video)  # frames 2..5
     for k in range(terms.shape[1]):
@@ -58,6 +58,56 @@ def test_frame_t_never_reads_later_frames():
         g, = torch.autograd.grad(terms[:, k].sum(), video, retain_graph=True)
         assert not g[:, t + 1:].any(), t  # (empty for the last frame)
         assert g[:, t].abs().max() > 0 and g[:, t - 1].abs().max() > 0
+
+
+def test_smoothing_lets_the_posterior_and_only_it_see_later_frames():
+    """With smoothing the posterior of z_2 reads the whole clip (a backward ConvLSTM), so frame 2's KL has a gradient
+    from the last frame; the prior never does: p(z_t | z_{t-1}, h_t) at z's given by the posterior is the same
+    whatever the later frames are."""
+    m = _model(smoothing=True).eval()
+    video = _clip(T=5).requires_grad_(True)
+    _, kl = m.elbo_terms(video, torch.Generator().manual_seed(0))
+    g, = torch.autograd.grad(kl[:, 0].sum(), video)
+    assert g[:, 4].abs().max() > 0
+    feats, hs, smoothed, _ = m._encode(video)
+    assert smoothed[0] is not None and m.smoother is not None
+    changed = video.detach().clone()
+    changed[:, 3:] = torch.rand_like(changed[:, 3:]) - 0.5
+    _, hs2, smoothed2, _ = m._encode(changed)
+    assert all(torch.equal(a, b) for a, b in zip(hs[:3], hs2[:3]))  # h_2..h_4 read x_1..x_3 only
+    assert not torch.equal(smoothed[0], smoothed2[0])
+
+
+def test_residual_posterior_centres_q_on_the_prior():
+    """res_q: q's mean = p's mean + the posterior network's output; with that output zeroed, frame 2's KL is the std
+    mismatch alone (it does not depend on the prior's mean; later frames' do, through z)."""
+    m = _model(res_q=True, smoothing=False).eval()
+    with torch.no_grad():
+        last = m.posterior.net[-1]
+        last.weight[:2].zero_()  # the mean channels (mean, raw std) = chunk(2)
+        last.bias[:2].zero_()
+    video = _clip()
+    kl = m.elbo_terms(video, torch.Generator().manual_seed(0))[1]
+    with torch.no_grad():
+        m.prior.net[-1].bias[:2].add_(3.0)  # move the prior's mean: q moves with it
+    assert torch.allclose(kl[:, 0], m.elbo_terms(video, torch.Generator().manual_seed(0))[1][:, 0], rtol=1e-10)
+    plain = _model(res_q=False, smoothing=False).eval()
+    plain.load_state_dict(m.state_dict())
+    assert not torch.allclose(kl[:, 0], plain.elbo_terms(video, torch.Generator().manual_seed(0))[1][:, 0])
+
+
+def test_latent_overshooting_adds_multi_step_kl_terms():
+    """D = 1 is the plain KL; D = 3 averages in the 2- and 3-step priors from where the clip allows (frame 2 has no
+    earlier posterior, so its KL is unchanged)."""
+    m1 = _model(overshooting=1, smoothing=False).eval()
+    m3 = _model(overshooting=3, smoothing=False).eval()
+    m3.load_state_dict(m1.state_dict())
+    video = _clip(T=5)
+    kl1 = m1.elbo_terms(video, torch.Generator().manual_seed(0))[1]
+    kl3 = m3.elbo_terms(video, torch.Generator().manual_seed(0))[1]
+    assert torch.allclose(kl1[:, 0], kl3[:, 0], rtol=1e-12) and not torch.allclose(kl1[:, 1:], kl3[:, 1:])
+    with pytest.raises(ValueError, match="overshooting is a number of steps"):
+        RFNConfig(overshooting=0)
 
 
 @pytest.mark.parametrize("extractor", ["vgg", "dcgan"])
