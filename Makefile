@@ -6,6 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 # FrEIA and normflows: the packages flowkern.compat's adapters are tested and benchmarked against
 DEPS   := "triton>=3.0" numpy tqdm pytest pytest-benchmark matplotlib "imageio>=2.31" "av>=11" pillow \
+          "scikit-image>=0.20" \
           FrEIA==0.2 normflows==1.7.3
 
 .PHONY: test bench install clean

@@ -17,6 +17,7 @@ from types import SimpleNamespace
 import torch
 
 from flowkern.models.data import StochasticMovement, StochasticMovingDigits
+from flowkern.models.similarity import best_of_n
 from flowkern.models.motion import (continuation_accuracy, first_frame_choice, likelihood_motion_tests,
                                     per_frame_bpp)
 from flowkern.models.train import (INIT_FRAMES, CheckpointError, UsageError, atomic_write, clip_frames, clips_of,
@@ -51,6 +52,9 @@ def parser():
                    help="given frames before the sampled one in the continuation measures (>= 2)")
     p.add_argument("--seed", type=nonnegative_int, default=0, help="sampling seed")
     p.add_argument("--batch-size", type=positive_int, default=32)
+    p.add_argument("--best-of", type=nonnegative_int, default=0,
+                   help="predict the frames after the first --context ones N times per clip and report, per step, the "
+                        "best PSNR and SSIM against the truth beside copying the last given frame (0: skip)")
     p.add_argument("--untrained", action="store_true",
                    help="evaluate a freshly initialised model of the checkpoint's config, not its weights")
     p.add_argument("--json", default=None, help="also write the numbers to this file")
@@ -65,6 +69,10 @@ def evaluate_checkpoint(model, dataset, args, label_kind=None) -> dict:
     out = {"clips": len(idx), "frames": frames,
            "per_frame_bpp": per_frame_bpp(model, dataset, idx, args.batch_size, args.seed, label_kind)}
     out["first_frame"] = frames - len(out["per_frame_bpp"]) + 1  # the RFN scores frames 2..T
+    if args.best_of:
+        clips = clips_of([dataset[j] for j in idx])[0]
+        out["prediction"] = {str(t): best_of_n(model, clips, args.context, args.best_of, t, args.seed)
+                             for t in args.temperatures}
     if not isinstance(dataset, StochasticMovement):
         return out
     out["likelihood_motion"] = likelihood_motion_tests(model, dataset, idx, args.context, args.batch_size, args.seed)
@@ -81,6 +89,13 @@ def report(r: dict) -> str:
              "per-frame bits/pixel (log p(x_t | x_<t)): " + ", ".join(f"t={t + 1}: {b:.4f}"
                                                                        for t, b in enumerate(r["per_frame_bpp"],
                                                                                              r["first_frame"] - 1))]
+    for t, v in r.get("prediction", {}).items():
+        steps = range(1, len(v["psnr"]) + 1)
+        def row(values, fmt):
+            return " ".join(format(x, fmt) for x in values)
+        lines.append(f"temperature {t}, best of {r['best_of']}, predicted steps {steps.start}..{steps.stop - 1}: "
+                     f"PSNR {row(v['psnr'], '.2f')} (copying the last frame: {row(v['copy_psnr'], '.2f')}); "
+                     f"SSIM {row(v['ssim'], '.3f')} (copy: {row(v['copy_ssim'], '.3f')})")
     if "likelihood_motion" in r:
         m = r["likelihood_motion"]
         lines.append(f"likelihood motion tests: bits/pixel of the next frame true {m['bpp_true']:.4f}, reversed "
@@ -142,7 +157,8 @@ def main(argv=None):
     if args.untrained:
         model = untrained_like(model, train_args, device)
     r = evaluate_checkpoint(model, dataset, args, label_kind(train_args) if train_args.data == "shapes" else None)
-    r.update(checkpoint=args.checkpoint, step=0 if args.untrained else state.get("step"), data_seed=data_seed)
+    r.update(checkpoint=args.checkpoint, step=0 if args.untrained else state.get("step"), data_seed=data_seed,
+             best_of=args.best_of)
     print(report(r))
     if args.json:
         def write(tmp):

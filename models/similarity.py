@@ -1,0 +1,65 @@
+"""How close predicted frames come to the truth: PSNR, SSIM and their best of N samples, against copying the last
+given frame (the baseline a video predictor must beat).
+
+Frames are compared as uint8 pictures scaled to [0, 1] (what the model's samples become when saved). SSIM is
+scikit-image's (Gaussian window of sigma 1.5, the population covariance: Wang et al. 2004's settings).
+"""
+from typing import Dict, Sequence
+
+import numpy as np
+import torch
+
+from flowkern.models.video_io import to_uint8_frames
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    """Peak signal-to-noise ratio in dB of two pictures in [0, 1] (inf when equal)."""
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return float("inf") if mse == 0 else 10.0 * np.log10(1.0 / mse)
+
+
+def ssim(a: np.ndarray, b: np.ndarray) -> float:
+    """Structural similarity of two pictures (C, H, W) in [0, 1]."""
+    from skimage.metrics import structural_similarity
+    return float(structural_similarity(a, b, data_range=1.0, channel_axis=0, gaussian_weights=True, sigma=1.5,
+                                       use_sample_covariance=False))
+
+
+def _pictures(frames: torch.Tensor, n_bits: int) -> np.ndarray:
+    """Model-space frames (T, C, H, W) -> uint8 pictures scaled to [0, 1], (T, C, H, W) float64."""
+    return to_uint8_frames(frames, n_bits).transpose(0, 3, 1, 2).astype(np.float64) / 255.0
+
+
+@torch.no_grad()
+def best_of_n(model, clips: torch.Tensor, context: int, n: int, temperature: float, seed: int = 0) -> Dict:
+    """Continue uint8 clips (B, T, C, H, W) from their first `context` frames n times; per predicted step, the mean
+    over clips of the best PSNR and the best SSIM among the n samples (each measure's own best), and of copying the
+    last given frame. Returns {"psnr": [..], "ssim": [..], "copy_psnr": [..], "copy_ssim": [..]} of T - context
+    values each."""
+    import flowkern
+    device = next(model.parameters()).device
+    n_bits = model.cfg.n_bits
+    truth = [_pictures(flowkern.preprocess(c, n_bits, noise=False), n_bits) for c in clips]
+    given = flowkern.preprocess(clips[:, :context], n_bits, noise=False).to(device)
+    horizon = clips.shape[1] - context
+    g = torch.Generator(device=device).manual_seed(seed)
+    best_psnr = np.full((len(clips), horizon), -np.inf)
+    best_ssim = np.full((len(clips), horizon), -np.inf)
+    for _ in range(n):
+        video = model.generate(given, horizon, temperature, generator=g)
+        for i, v in enumerate(video):
+            pred = _pictures(v[context:].cpu(), n_bits)
+            for k in range(horizon):
+                best_psnr[i, k] = max(best_psnr[i, k], psnr(pred[k], truth[i][context + k]))
+                best_ssim[i, k] = max(best_ssim[i, k], ssim(pred[k], truth[i][context + k]))
+    copy = [[(psnr(t[context - 1], t[context + k]), ssim(t[context - 1], t[context + k])) for k in range(horizon)]
+            for t in truth]
+    copy = np.array(copy)  # (B, horizon, 2)
+    return {"psnr": _finite_mean(best_psnr), "ssim": best_ssim.mean(0).tolist(),
+            "copy_psnr": _finite_mean(copy[..., 0]), "copy_ssim": copy[..., 1].mean(0).tolist()}
+
+
+def _finite_mean(values: np.ndarray) -> Sequence[float]:
+    """Per-step means over clips, PSNR's inf (an exact frame) capped at 100 dB so one exact match cannot make the
+    mean infinite."""
+    return np.minimum(values, 100.0).mean(0).tolist()

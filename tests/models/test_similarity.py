@@ -1,0 +1,46 @@
+"""PSNR, SSIM and best-of-N prediction scores against copying the last frame."""
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+import flowkern
+from flowkern.models.data import StochasticMovingDigits
+from flowkern.models.similarity import best_of_n, psnr, ssim
+
+
+def test_psnr_on_a_hand_computed_case_and_ssim_bounds():
+    a = np.zeros((1, 8, 8))
+    assert psnr(a, a + 0.1) == pytest.approx(20.0)  # MSE 0.01 -> 10 log10(100)
+    assert psnr(a, a) == float("inf")
+    rng = np.random.default_rng(0)
+    x = rng.random((3, 16, 16))
+    assert ssim(x, x) == pytest.approx(1.0)
+    noisy = np.clip(x + 0.2 * rng.standard_normal(x.shape), 0, 1)
+    assert 0 < ssim(x, noisy) < ssim(x, np.clip(x + 0.05 * rng.standard_normal(x.shape), 0, 1)) < 1
+
+
+class Oracle(torch.nn.Module):
+    """A 'model' whose every sample is the true clip, or (blank=True) black frames."""
+
+    def __init__(self, clips, blank=False):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(()))
+        self.cfg = SimpleNamespace(n_bits=8)
+        self.truth, self.blank = flowkern.preprocess(clips, 8, noise=False), blank
+
+    def generate(self, context, num_frames, temperature, generator=None):
+        out = self.truth.clone()
+        if self.blank:
+            out[:, context.shape[1]:] = -0.5
+        return out
+
+
+def test_best_of_n_scores_the_truth_perfectly_and_blank_frames_below_it():
+    clips = torch.stack([StochasticMovingDigits(2, frames=5, size=32, glyph_size=14, seed=1)[i] for i in range(2)])
+    perfect = best_of_n(Oracle(clips), clips, context=2, n=2, temperature=1.0)
+    assert perfect["psnr"] == [100.0] * 3 and perfect["ssim"] == pytest.approx([1.0] * 3)
+    assert all(c < 100 for c in perfect["copy_psnr"]) and all(c < 1 for c in perfect["copy_ssim"])
+    blank = best_of_n(Oracle(clips, blank=True), clips, context=2, n=1, temperature=1.0)
+    assert all(b < 100 for b in blank["psnr"]) and blank["copy_psnr"] == perfect["copy_psnr"]
