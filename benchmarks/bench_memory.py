@@ -136,16 +136,48 @@ def cglow_per_frame(device, suite):
     step vs clip length T and the memory each extra frame adds, in frames (2 x 3 x 32 x 32 floats), plain autograd vs
     flowkern's reversible levels, with the state's gradient through the whole clip and truncated to 4 frames."""
     from flowkern.models.cglow import CONFIGS, training_step_peak
-    Ts, size = ([3, 5], 16) if suite == "smoke" else ([8, 16, 32, 64], 32)
+    name, Ts = ("tiny", [3, 5]) if suite == "smoke" else ("small", [8, 16, 32, 64])
+    size = CONFIGS[name].image_size
     frame = 2 * 3 * size * size * 4
     rows = []
     for mode, reversible, tbptt in (("plain", False, None), ("flowkern", True, None), ("flowkern, tbptt 4", True, 4)):
-        cfg = dataclasses.replace(CONFIGS["small"], variant="state", num_labels=0, image_size=size,
-                                  reversible=reversible, tbptt=tbptt)
+        cfg = dataclasses.replace(CONFIGS[name], variant="state", num_labels=0, reversible=reversible, tbptt=tbptt)
         peaks = [training_step_peak(cfg, 2, T, device).peak_bytes for T in Ts]
         rows.append({"bench": "cglow_per_frame", "mode": mode, **{f"T={T}_MiB": p / MiB for T, p in zip(Ts, peaks)},
                      "per_frame_frames": (peaks[-1] - peaks[-2]) / (Ts[-1] - Ts[-2]) / frame})
     return rows
+
+
+def rfn_memory(device, suite):
+    """The RFN: (1) the real peak of a training step of the `small` model (SM-MNIST 32x32, batch 4) at 8 and 16
+    frames beside the meta-device estimate of the same step; (2) at the thesis's BAIR setting (`bair`: 64x64, L=4,
+    K=10, batch 35, 10-frame clips), on the meta device, plain autograd vs flowkern's reversible levels: the peak,
+    the longest clip and the largest K (steps per level) that fit 32 GB (the thesis's V100) and 80 GB, from a
+    MemoryPlan (three measured steps) and a line through K = 5 and 10."""
+    from flowkern.memory import MemoryPlan
+    from flowkern.models.rfn import CONFIGS, training_step_peak
+    small, big, B, T = ("tiny", "tiny", 2, 4) if suite == "smoke" else ("small", "bair", 35, 10)
+    check = []
+    for mode, reversible in (("plain", False), ("flowkern", True)):
+        cfg = dataclasses.replace(CONFIGS[small], reversible=reversible)
+        for frames in (T,) if suite == "smoke" else (8, 16):
+            real = training_step_peak(cfg, 4 if suite != "smoke" else 2, frames, "cpu").peak_bytes
+            meta = training_step_peak(cfg, 4 if suite != "smoke" else 2, frames, "meta").peak_bytes
+            check.append({"bench": "rfn_check", "config": small, "mode": mode, "T": frames, "real_MiB": real / MiB,
+                          "meta_MiB": meta / MiB, "meta_over_real": meta / real})
+    plans = []
+    for mode, reversible in (("plain", False), ("flowkern", True)):
+        cfg = dataclasses.replace(CONFIGS[big], reversible=reversible)
+        plan = MemoryPlan.fit(lambda b, t: training_step_peak(cfg, b, t, "meta").peak_bytes, 2, (T // 2, T))
+        by_k = {k: training_step_peak(dataclasses.replace(cfg, steps=k), B, T, "meta").peak_bytes for k in (5, 10)}
+        slope = (by_k[10] - by_k[5]) / 5
+        row = {"bench": "rfn_plan", "config": f"{big} (K={cfg.steps}), batch {B}, {T} frames", "mode": mode,
+               "peak_GB": plan.peak(B, T) / GB, "per_frame_MB": plan.per_frame * B / 1e6}
+        for budget in (32, 80):
+            row[f"longest_clip_{budget}GB"] = plan.longest_clip(budget * GB, B)
+            row[f"largest_K_{budget}GB"] = max(0, int((budget * GB - by_k[5]) // slope) + 5) if slope > 0 else None
+        plans.append(row)
+    return check, plans
 
 
 def videoflow_bair_estimate(device, suite, budget_bytes):

@@ -35,6 +35,8 @@ DEPTH = "Memory vs depth (one Glow level)"
 GLOW_DEPTH = "Memory vs depth (3-level Glow, reduced size)"
 PER_FRAME = "VideoFlow memory per extra frame (real peak, small model)"
 CGLOW_PER_FRAME = "CGlow memory per extra frame (real peak, small model)"
+RFN_CHECK = "RFN training step: real peak vs meta-device estimate (small model)"
+RFN_PLAN = "RFN at the thesis's BAIR setting: what fits 32 GB and 80 GB (meta-device estimate)"
 BAIR = "VideoFlow bair: memory vs clip length"
 PLAN = "VideoFlow bair: memory plan (fitted to three measured steps)"
 CHECK = "Meta-device estimate vs real measurement"
@@ -127,6 +129,7 @@ def main(argv=None):
         if "clip" in want:
             sections[PER_FRAME] = bench_memory.videoflow_per_frame(device, suite)
             sections[CGLOW_PER_FRAME] = bench_memory.cglow_per_frame(device, suite)
+            sections[RFN_CHECK], sections[RFN_PLAN] = bench_memory.rfn_memory(device, suite)
             sections[BAIR], sections[PLAN], sections[CHECK] = bench_memory.videoflow_bair_estimate(
                 device, suite, budget)
             bar.update(1)

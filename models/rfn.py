@@ -10,7 +10,8 @@ An SRNN whose emission is a conditional Glow. For each frame t >= 2, with u_t = 
 - conditioning network: the extractor reversed, from [h_t, z_t] up to every Glow level's resolution (nearest
   up-sampling, or transposed convs for "dcgan"), with U-Net skips from F(x_{t-1}); level l's output conditions Glow
   level l's couplings and split prior (the top level's also the base distribution);
-- emission: log p(x_t | z_t, h_t) from a conditional Glow (flowkern.Glow with a context pyramid; reversible).
+- emission: log p(x_t | z_t, h_t) from a conditional Glow (flowkern.Glow with a context pyramid; reversible; the
+  couplings' networks 3x3-1x1-3x3 with ActNorm + ReLU, the split priors' and base distribution's std a softplus).
 The ELBO per frame is log p(x_t | z_t, h_t) - beta * KL(q || p), z_t drawn from q (reparameterised); z_1 = 0 and
 h_1 = 0, and the first frame is only context.
 
@@ -44,6 +45,8 @@ class RFNConfig:
     steps: int = 10
     hidden: int = 256  # the couplings' channels
     affine: bool = True
+    coupling_net: str = "actnorm"  # the thesis's conditioner: 3x3, 1x1 convs with ActNorm + ReLU, zero-init 3x3
+    prior_scale: str = "softplus"  # the split priors' and base distribution's std: softplus (the thesis) or exp
     extractor: str = "vgg"
     base_width: int = 8  # extractor level l (1..L) has base_width * 2^l channels
     h_channels: int = 256
@@ -192,7 +195,7 @@ class RFN(nn.Module):
         self.conditioner = ConditioningNetwork(cfg)
         self.flow = Glow(cfg.in_channels, L, cfg.steps, cfg.hidden, affine=cfg.affine,
                          context_channels=tuple(cfg.width(level) for level in range(1, L + 1)),
-                         reversible=cfg.reversible)
+                         reversible=cfg.reversible, coupling_net=cfg.coupling_net, prior_scale=cfg.prior_scale)
         self.beta = 1.0  # the KL's weight in log_prob_frames (training anneals it; evaluation uses 1)
 
     @property

@@ -37,13 +37,14 @@ class GatedUnit(nn.Module):
         return torch.tanh(a) * torch.sigmoid(b)
 
 
-COUPLING_NETS = ("glow", "gatu")
+COUPLING_NETS = ("glow", "gatu", "actnorm")
 
 
 def coupling_network(in_channels: int, hidden: int, out_channels: int, kind: str = "glow") -> nn.Sequential:
     """The coupling NN. "glow" (Glow's): 3x3 conv, ReLU, 1x1 conv, ReLU, zero-initialised 3x3 conv. "gatu" (the
     VideoFlow reference code's): each of the two hidden convs followed by ActNorm and a gated activation unit
-    (the conv gives 2 * hidden channels, the unit halves them), then the zero-initialised 3x3 conv."""
+    (the conv gives 2 * hidden channels, the unit halves them), then the zero-initialised 3x3 conv. "actnorm" (the
+    RFN thesis's): Glow's with ActNorm after each hidden conv, before its ReLU."""
     if kind == "glow":
         net = nn.Sequential(nn.Conv2d(in_channels, hidden, 3, padding=1), nn.ReLU(),
                             nn.Conv2d(hidden, hidden, 1), nn.ReLU(), ZeroConv2d(hidden, out_channels))
@@ -53,6 +54,11 @@ def coupling_network(in_channels: int, hidden: int, out_channels: int, kind: str
         net = nn.Sequential(nn.Conv2d(in_channels, 2 * hidden, 3, padding=1, bias=False), NetActNorm(2 * hidden),
                             GatedUnit(), nn.Conv2d(hidden, 2 * hidden, 1, bias=False), NetActNorm(2 * hidden),
                             GatedUnit(), ZeroConv2d(hidden, out_channels))
+        convs = (net[0], net[3])
+    elif kind == "actnorm":
+        net = nn.Sequential(nn.Conv2d(in_channels, hidden, 3, padding=1, bias=False), NetActNorm(hidden), nn.ReLU(),
+                            nn.Conv2d(hidden, hidden, 1, bias=False), NetActNorm(hidden), nn.ReLU(),
+                            ZeroConv2d(hidden, out_channels))
         convs = (net[0], net[3])
     else:
         raise ValueError(f"coupling_network: expected kind one of {COUPLING_NETS}, got {kind!r}")

@@ -25,13 +25,14 @@ class Glow(nn.Module):
     A context pyramid instead: context_channels a sequence of one channel count per level, and the context a
     sequence of tensors, level l's (B, context_channels[l], H / 2^(l+1), W / 2^(l+1)) at that level's resolution
     (a conditioning network's features: CGlow's label and state pyramids, the RFN's conditioning network).
-    coupling_net: the couplings' NN, "glow" or "gatu" (flowkern.nn.coupling_network).
+    coupling_net: the couplings' NN, "glow", "gatu" or "actnorm" (flowkern.nn.coupling_network).
+    prior_scale: the split and top priors' std from their convs: "exp" (Glow) or "softplus" (flowkern.nn.split).
     """
 
     def __init__(self, in_channels: int, levels: int, steps: int, hidden: int = 512, affine: bool = True,
                  lu: bool = True, context_channels: Union[int, Sequence[int]] = 0, learn_priors: bool = True,
                  reversible: bool = False, recompute_chunk: Optional[int] = DEFAULT_RECOMPUTE_CHUNK,
-                 coupling_net: str = "glow"):
+                 coupling_net: str = "glow", prior_scale: str = "exp"):
         super().__init__()
         if levels < 1 or steps < 1:
             raise ValueError(f"Glow needs levels >= 1 and steps >= 1, got levels={levels}, steps={steps}")
@@ -50,9 +51,9 @@ class Glow(nn.Module):
             self.flows.append(FlowSequence((FlowStep(c, hidden, ctx, affine, lu, coupling_net) for _ in range(steps)),
                                            reversible=reversible, recompute_chunk=recompute_chunk))
             if level < levels - 1:
-                self.splits.append(Split(c, ctx, learn_priors))
+                self.splits.append(Split(c, ctx, learn_priors, prior_scale))
                 c = c // 2
-        self.top = TopPrior(c, ctx, learn_priors)
+        self.top = TopPrior(c, ctx, learn_priors, prior_scale)
         self.image_size: Optional[Tuple[int, int]] = None  # remembered from the data, saved in the state_dict
 
     # the image size rides in the state_dict (plain ints: loads with weights_only=True)

@@ -1,12 +1,30 @@
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from flowkern.nn._checks import check_context, check_input
 from flowkern.nn.coupling import ZeroConv2d
 
 LOG_2PI = math.log(2 * math.pi)
+PRIOR_SCALES = ("exp", "softplus")
+_SOFTPLUS_INV_ONE = math.log(math.e - 1)  # softplus of it is 1
+
+
+def prior_log_std(raw: torch.Tensor, scale: str) -> torch.Tensor:
+    """log sigma of a learned prior from its network's raw output: sigma = exp(raw) (Glow), or sigma =
+    softplus(raw + log(e - 1)) (the RFN thesis: it grows linearly, not exponentially, so sigma cannot spike). Both
+    give sigma = 1 at raw = 0, where the zero-initialised conv starts."""
+    if scale == "exp":
+        return raw
+    return torch.log(F.softplus(raw + _SOFTPLUS_INV_ONE).clamp_min(torch.finfo(raw.dtype).tiny))
+
+
+def _check_scale(owner: str, scale: str) -> str:
+    if scale not in PRIOR_SCALES:
+        raise ValueError(f"{owner}: scale must be one of {PRIOR_SCALES}, got {scale!r}")
+    return scale
 
 
 def standard_normal_logp(z: torch.Tensor) -> torch.Tensor:
@@ -22,10 +40,10 @@ class Split(nn.Module):
     eps ~ N(0, I), so log p(z2 | z1) = log N(eps) + logdet: the prior term becomes one more flow layer, encode and
     decode stay exact inverses, and sampling at temperature T draws eps ~ N(0, T^2 I).
     With learn_prior=False the split is a plain partition (eps = z2, logdet 0): for models that bring their own
-    prior over the latents (VideoFlow).
+    prior over the latents (VideoFlow). scale: how the conv's second half becomes the std (prior_log_std).
     """
 
-    def __init__(self, num_channels: int, context_channels: int = 0, learn_prior: bool = True):
+    def __init__(self, num_channels: int, context_channels: int = 0, learn_prior: bool = True, scale: str = "exp"):
         super().__init__()
         if num_channels < 2:
             raise ValueError(f"Split needs at least 2 channels, got {num_channels}")
@@ -34,11 +52,12 @@ class Split(nn.Module):
         self.c1 = num_channels // 2
         self.c2 = num_channels - self.c1
         self.learn_prior = learn_prior
+        self.scale = _check_scale("Split", scale)
         self.prior = ZeroConv2d(self.c1 + context_channels, 2 * self.c2) if learn_prior else None
 
     def mean_logs(self, z1, context=None):
         h = self.prior(z1 if context is None else torch.cat([z1, context.to(z1.dtype)], 1))
-        return h[:, :self.c2], h[:, self.c2:]
+        return h[:, :self.c2], prior_log_std(h[:, self.c2:], self.scale)
 
     def forward(self, x, context=None):
         check_input(self, x)
@@ -62,11 +81,13 @@ class Split(nn.Module):
 
 class TopPrior(nn.Module):
     """Learned Gaussian prior of the top latent, written as an invertible standardisation like Split.
-    Unconditional: a learned per-channel mean and log-std. Conditional: a zero-initialised conv of the context."""
+    Unconditional: a learned per-channel mean and log-std. Conditional: a zero-initialised conv of the context.
+    scale: how the raw std becomes sigma (prior_log_std)."""
 
-    def __init__(self, num_channels: int, context_channels: int = 0, learn_prior: bool = True):
+    def __init__(self, num_channels: int, context_channels: int = 0, learn_prior: bool = True, scale: str = "exp"):
         super().__init__()
         self.num_channels = num_channels
+        self.scale = _check_scale("TopPrior", scale)
         self.context_channels = context_channels
         self.learn_prior = learn_prior
         if learn_prior and context_channels:
@@ -78,8 +99,9 @@ class TopPrior(nn.Module):
     def mean_logs(self, z, context=None):
         if self.context_channels:
             h = self.conv(context.to(z.dtype))
-            return h[:, :self.num_channels], h[:, self.num_channels:]
-        return self.mean.view(1, -1, 1, 1).expand_as(z), self.logs.view(1, -1, 1, 1).expand_as(z)
+            return h[:, :self.num_channels], prior_log_std(h[:, self.num_channels:], self.scale)
+        return (self.mean.view(1, -1, 1, 1).expand_as(z),
+                prior_log_std(self.logs, self.scale).view(1, -1, 1, 1).expand_as(z))
 
     def forward(self, z, context=None):
         check_input(self, z)

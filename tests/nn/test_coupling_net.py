@@ -1,4 +1,5 @@
-"""The coupling networks: Glow's (ReLU) and the VideoFlow reference's (ActNorm + gated activation units)."""
+"""The coupling networks: Glow's (ReLU), the VideoFlow reference's (ActNorm + gated activation units), the RFN
+thesis's (ActNorm + ReLU)."""
 import pytest
 import torch
 from _helpers import random_level
@@ -20,13 +21,22 @@ def test_gatu_network_layout_and_zero_output_at_init():
 
 
 def test_unknown_network_is_refused():
-    with pytest.raises(ValueError, match=r"expected kind one of \('glow', 'gatu'\), got 'gelu'"):
+    with pytest.raises(ValueError, match=r"expected kind one of \('glow', 'gatu', 'actnorm'\), got 'gelu'"):
         flowkern.FlowStep(4, 8, net="gelu")
 
 
-def test_gatu_steps_invert_and_reversible_gradients_equal_plain_float64():
-    plain = random_level(6, 3, ctx=2, reversible=False, net="gatu")
-    rev = random_level(6, 3, ctx=2, reversible=True, net="gatu")
+def test_actnorm_network_layout_and_zero_output_at_init():
+    net = coupling_network(3, 8, 6, "actnorm")
+    kinds = [type(m).__name__ for m in net]
+    assert kinds == ["Conv2d", "NetActNorm", "ReLU", "Conv2d", "NetActNorm", "ReLU", "ZeroConv2d"]
+    assert net[0].kernel_size == (3, 3) and net[3].kernel_size == (1, 1) and net[3].in_channels == 8
+    assert not net(torch.randn(2, 3, 5, 5)).any()
+
+
+@pytest.mark.parametrize("net", ["gatu", "actnorm"])
+def test_steps_invert_and_reversible_gradients_equal_plain_float64(net):
+    plain = random_level(6, 3, ctx=2, reversible=False, net=net)
+    rev = random_level(6, 3, ctx=2, reversible=True, net=net)
     rev.load_state_dict(plain.state_dict())
     x = torch.randn(3, 6, 4, 6, dtype=torch.float64, requires_grad=True)
     ctx = torch.randn(3, 2, 4, 6, dtype=torch.float64)

@@ -1,5 +1,7 @@
 """Reference layers: invertibility, exact logdets (brute-force Jacobian), gradcheck, and Glow's failure modes.
 Each test runs on the pure-torch reference and on the fused CPU kernels (backend 'auto' on CPU)."""
+import math
+
 import pytest
 import torch
 from _helpers import randomize_, rel_err
@@ -403,3 +405,29 @@ def test_lu_weight_closed_form_gradient():
     for a, b in zip(torch.autograd.grad((fused(*args) * R).sum(), args),
                     torch.autograd.grad((masked(*args) * R).sum(), args)):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("conditional", [False, True])
+def test_softplus_prior_scale_starts_as_exp_inverts_and_is_softplus(conditional):
+    """prior_scale="softplus": sigma = softplus(raw + log(e - 1)), equal to Glow's exp at init (raw 0); split and top
+    priors invert exactly, and their logdet is -sum log sigma."""
+    from flowkern.nn.split import Split, TopPrior, prior_log_std
+    raw = torch.randn(50, dtype=torch.float64) * 3
+    assert torch.allclose(prior_log_std(raw, "softplus").exp(),
+                          torch.nn.functional.softplus(raw + math.log(math.e - 1)), rtol=1e-12)
+    assert prior_log_std(torch.zeros(1), "softplus").abs().item() < 1e-7
+    assert torch.isfinite(prior_log_std(torch.tensor([-1e4]), "softplus")).all()  # no log(0)
+    ctx = 3 if conditional else 0
+    c = torch.randn(2, ctx, 4, 4, dtype=torch.float64) if conditional else None
+    for layer in (Split(6, ctx, scale="softplus"), TopPrior(6, ctx, scale="softplus")):
+        layer = randomize_(layer).double()
+        x = torch.randn(2, 6, 4, 4, dtype=torch.float64)
+        y, ld = layer(x, c)
+        back, ld_inv = layer.inverse(y, c)
+        assert torch.allclose(back, x, atol=1e-12) and torch.allclose(ld, -ld_inv, atol=1e-12)
+        _, logs = layer.mean_logs(x[:, :3] if isinstance(layer, Split) else x, c)
+        assert torch.allclose(ld, -logs.flatten(1).sum(1), atol=1e-12)
+    with pytest.raises(ValueError, match="scale must be one of"):
+        Split(6, scale="sigmoid")
+    glow = flowkern.Glow(3, 2, 1, 8, prior_scale="softplus")
+    assert glow.top.scale == "softplus" and all(s.scale == "softplus" for s in glow.splits)
