@@ -149,27 +149,33 @@ def cglow_per_frame(device, suite):
 
 
 def rfn_memory(device, suite):
-    """The RFN: (1) the real peak of a training step of the `small` model (SM-MNIST 32x32, batch 4) at 8 and 16
+    """The RFN: (1) the real peak of a training step of the `small` model (SM-MNIST 32x32, batch 2) at 4 and 8
     frames beside the meta-device estimate of the same step; (2) at the thesis's BAIR setting (`bair`: 64x64, L=4,
-    K=10, batch 35, 10-frame clips), on the meta device, plain autograd vs flowkern's reversible levels: the peak,
-    the longest clip and the largest K (steps per level) that fit 32 GB (the thesis's V100) and 80 GB, from a
-    MemoryPlan (three measured steps) and a line through K = 5 and 10."""
+    K=10, batch 35, 10-frame clips), on the meta device, plain autograd vs flowkern's reversible levels: the peak of
+    a training step plus Adam's two moments, the longest clip and the largest K (steps per level) that fit 32 GB
+    (the thesis's V100) and 80 GB, from a MemoryPlan (three measured steps) and a line through K = 5 and 10."""
     from flowkern.memory import MemoryPlan
-    from flowkern.models.rfn import CONFIGS, training_step_peak
+    from flowkern.models.rfn import CONFIGS, RFN, training_step_peak
     small, big, B, T = ("tiny", "tiny", 2, 4) if suite == "smoke" else ("small", "bair", 35, 10)
     check = []
     for mode, reversible in (("plain", False), ("flowkern", True)):
         cfg = dataclasses.replace(CONFIGS[small], reversible=reversible)
-        for frames in (T,) if suite == "smoke" else (8, 16):
-            real = training_step_peak(cfg, 4 if suite != "smoke" else 2, frames, "cpu").peak_bytes
-            meta = training_step_peak(cfg, 4 if suite != "smoke" else 2, frames, "meta").peak_bytes
+        for frames in (T,) if suite == "smoke" else (4, 8):
+            real = training_step_peak(cfg, 2, frames, "cpu").peak_bytes
+            meta = training_step_peak(cfg, 2, frames, "meta").peak_bytes
             check.append({"bench": "rfn_check", "config": small, "mode": mode, "T": frames, "real_MiB": real / MiB,
                           "meta_MiB": meta / MiB, "meta_over_real": meta / real})
+
+    def adam_bytes(cfg):  # Adam's exp_avg and exp_avg_sq: two more copies of the parameters
+        with torch.device("meta"):
+            return 2 * sum(p.numel() * p.element_size() for p in RFN(cfg).parameters())
     plans = []
     for mode, reversible in (("plain", False), ("flowkern", True)):
         cfg = dataclasses.replace(CONFIGS[big], reversible=reversible)
         plan = MemoryPlan.fit(lambda b, t: training_step_peak(cfg, b, t, "meta").peak_bytes, 2, (T // 2, T))
-        by_k = {k: training_step_peak(dataclasses.replace(cfg, steps=k), B, T, "meta").peak_bytes for k in (5, 10)}
+        plan.fixed += adam_bytes(cfg)
+        by_k = {k: training_step_peak(dataclasses.replace(cfg, steps=k), B, T, "meta").peak_bytes +
+                adam_bytes(dataclasses.replace(cfg, steps=k)) for k in (5, 10)}
         slope = (by_k[10] - by_k[5]) / 5
         row = {"bench": "rfn_plan", "config": f"{big} (K={cfg.steps}), batch {B}, {T} frames", "mode": mode,
                "peak_GB": plan.peak(B, T) / GB, "per_frame_MB": plan.per_frame * B / 1e6}
