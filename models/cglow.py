@@ -27,6 +27,7 @@ from torch import nn
 import flowkern
 from flowkern import ActNorm2d, Glow
 from flowkern.memory import peak_memory
+from flowkern.models.generation import warn_if_diverged
 
 VARIANTS = ("init", "prev_frame", "state", "state_label")
 
@@ -220,7 +221,7 @@ class CGlow(nn.Module):
         for _ in range(num_frames):
             ctx, state = self._tail_context(state, frames[-1])
             frames.append(self.tail.sample(B, temperature, ctx, size, generator))
-        return torch.stack(frames, 1)
+        return warn_if_diverged(torch.stack(frames, 1), "CGlow")
 
     def _state_before_last(self, frames: List[torch.Tensor]) -> Optional[torch.Tensor]:
         """The state after every frame but the last (None for the variants without one, or a single frame)."""

@@ -33,6 +33,7 @@ from torch import nn
 import flowkern
 from flowkern import ActNorm2d, Glow
 from flowkern.memory import peak_memory
+from flowkern.models.generation import warn_if_diverged
 
 EXTRACTORS = ("vgg", "dcgan")
 
@@ -310,7 +311,7 @@ class RFN(nn.Module):
             x = self.flow.sample(context.shape[0], temperature, self.conditioner(h, z, feats_prev), size, generator)
             frames.append(x)
             feats_prev = self.extractor(x)
-        return torch.stack(frames, 1)
+        return warn_if_diverged(torch.stack(frames, 1), "RFN")
 
     @torch.no_grad()
     def out_of_sequence_bpp(self, context: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:

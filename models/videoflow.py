@@ -14,7 +14,6 @@ a learned per-channel prior at the top level.
 Memory: the flow is reversible, and the prior network is checkpointed per level and time step, so a training
 step's memory grows with the number of frames by roughly the size of the latents, not of the activations.
 """
-import warnings
 from dataclasses import asdict, dataclass
 from typing import List, Optional, Tuple
 
@@ -26,6 +25,7 @@ from torch import nn
 import flowkern
 from flowkern import Glow
 from flowkern.memory import MemoryPlan, peak_memory
+from flowkern.models.generation import warn_if_diverged
 from flowkern.nn import ZeroConv2d
 
 LOG_2PI = 1.8378770664093453
@@ -315,15 +315,8 @@ class VideoFlow(nn.Module):
             B = batch_size
         for _ in range(num_frames):
             frames.append(self._sample_frame(history, B, temperature, generator))
-        video = torch.stack(frames, 1)
-        bad = ~torch.isfinite(video.flatten(2)).all(2)  # (B, T)
-        if bad.any():
-            # Glow's affine inverse divides by sigmoid scales, so latents off the training distribution can blow up.
-            # stacklevel 3: past no_grad's wrapper, to the caller of generate
-            warnings.warn(f"VideoFlow.generate: {int(bad.any(1).sum())} of {B} videos have non-finite frames (first "
-                          f"at frame {int(bad.any(0).nonzero()[0])}): the flow's inverse diverged on the sampled "
-                          f"latents; a lower temperature or a longer-trained model helps", RuntimeWarning, stacklevel=3)
-        return video
+        # Glow's affine inverse divides by sigmoid scales: latents off the training distribution can blow up
+        return warn_if_diverged(torch.stack(frames, 1), "VideoFlow")
 
     @torch.no_grad()
     def out_of_sequence_bpp(self, context: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:

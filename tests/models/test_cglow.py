@@ -210,3 +210,13 @@ def test_an_informative_label_lowers_held_out_first_frame_bits():
             held_out[variant] = m.bits_per_pixel_frames(x, *extra).mean().item()
     assert held_out["state_label"] < held_out["state"] - 0.3, held_out
     assert grad > 1e-3
+
+
+def test_generate_warns_when_the_flows_inverse_diverges():
+    """A sampled frame that is not finite is reported, never passed on silently (as VideoFlow.generate does)."""
+    m = _model("state")
+    with torch.no_grad():
+        m.tail.top.conv.logs.fill_(30.0)  # the tail's prior std explodes: exp(3 * 30 * ...) overflows
+        m.tail.top.conv.conv.bias.fill_(1.0)
+    with pytest.warns(RuntimeWarning, match=r"CGlow.generate: 2 of 2 videos have non-finite frames \(first at frame 1\)"):
+        m.generate(_clip(T=1), 1, temperature=1.0)
