@@ -82,7 +82,7 @@ int fwd_or_inv(const AffineCouplingParams& p) {
   T* ld_part = static_cast<T*>(p.ld_part);
   const int64_t C = p.C, HW = p.HW, Cb = C - p.Ca, E = Cb * HW, chunk = p.chunk, nk = (E + chunk - 1) / chunk;
   const int64_t Hc = p.affine ? 2 * Cb : Cb;
-#pragma omp parallel num_threads(p.nthreads)
+#pragma omp parallel num_threads(threads_for(p.B * C * HW, p.nthreads, kGrainElements))
   {
   copy_passthrough(in, out, p);
 #pragma omp for schedule(static)
@@ -113,7 +113,7 @@ int bwd(const AffineCouplingParams& p) {
   const int64_t C = p.C, HW = p.HW, Cb = C - p.Ca, E = Cb * HW;
   const int64_t Hc = p.affine ? 2 * Cb : Cb;
   const int64_t blk = 4096, nblk = (E + blk - 1) / blk;
-#pragma omp parallel num_threads(p.nthreads)
+#pragma omp parallel num_threads(threads_for(p.B * C * HW, p.nthreads, kGrainElements))
   {
   copy_passthrough(dy, dx, p);
 #pragma omp for schedule(static)

@@ -212,7 +212,7 @@ int fwd(const ChannelAffineParams& p) {
   const T* x = static_cast<const T*>(p.x);
   T* y = static_cast<T*>(p.y);
   const int64_t C = p.C, HW = p.HW, nq = (HW + kTile - 1) / kTile;
-#pragma omp parallel for num_threads(p.nthreads) schedule(static)
+#pragma omp parallel for num_threads(threads_for(p.B * HW * C * C, p.nthreads, kGrainFMAs)) schedule(static)
   for (int64_t t = 0; t < p.B * nq; ++t) {
     const int64_t n = t / nq, p0 = (t % nq) * kTile, np = std::min(kTile, HW - p0);
     const int64_t off = n * C * HW + p0;
@@ -230,7 +230,7 @@ int bwd(const ChannelAffineParams& p) {
   const int64_t C = p.C, HW = p.HW, chunk = p.chunk, nq = (HW + chunk - 1) / chunk, nk = p.B * nq;
   // Stage 1: one dA, dc partial per chunk (sample n, pixel range q), each written by one thread.
   std::vector<T> part(static_cast<size_t>(nk * (C * C + C)));
-#pragma omp parallel for num_threads(p.nthreads) schedule(static)
+#pragma omp parallel for num_threads(threads_for(p.B * HW * C * C, p.nthreads, kGrainFMAs)) schedule(static)
   for (int64_t k = 0; k < nk; ++k) {
     const int64_t n = k / nq, c0 = (k % nq) * chunk, c1 = std::min(c0 + chunk, HW), off = n * C * HW;
     T* pk = part.data() + k * (C * C + C);
@@ -240,7 +240,7 @@ int bwd(const ChannelAffineParams& p) {
   T* dA = static_cast<T*>(p.dA);
   T* dc = static_cast<T*>(p.dc);
   const int64_t width = C * C + C;
-#pragma omp parallel for num_threads(nk * width > 65536 ? p.nthreads : 1) schedule(static)
+#pragma omp parallel for num_threads(threads_for(nk * width, p.nthreads, kGrainElements)) schedule(static)
   for (int64_t e = 0; e < width; ++e) {
     T sum = 0;
     for (int64_t k = 0; k < nk; ++k) sum += part[k * width + e];

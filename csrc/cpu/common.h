@@ -72,6 +72,14 @@ FK_INLINE SigmoidParts<T> sigmoid_parts(T u) {
   return {neg ? e * r : r, neg ? r : e * r, neg ? (T(1) + e) / e : T(1) + e, (neg ? u : T(0)) - log1p_unit(e)};
 }
 
+// Threads for a parallel region over `work` units (elements, or FMAs for the matrix ops): one below `grain`, else
+// nthreads. A small pass runs faster alone than its fork/join costs, and far faster than waking worker threads
+// that another busy process has pre-empted (milliseconds per region when the cores are shared). torch's CPU ops use
+// the same rule (at::internal::GRAIN_SIZE). Results never depend on it: every reduction has a fixed order.
+constexpr int64_t kGrainElements = 32768;
+constexpr int64_t kGrainFMAs = 1 << 18;
+FK_INLINE int threads_for(int64_t work, int nthreads, int64_t grain) { return work >= grain ? nthreads : 1; }
+
 // Calls f(T{}) with the element type of `dtype`; the CPU kernels take float32 and float64 only.
 template <typename F>
 FK_INLINE int dispatch_float(int dtype, F&& f) {
