@@ -136,7 +136,7 @@ def cglow_per_frame(device, suite):
     step vs clip length T and the memory each extra frame adds, in frames (2 x 3 x 32 x 32 floats), plain autograd vs
     flowkern's reversible levels, with the state's gradient through the whole clip and truncated to 4 frames."""
     from flowkern.models.cglow import CONFIGS, training_step_peak
-    name, Ts = ("tiny", [3, 5]) if suite == "smoke" else ("small", [8, 16, 32, 64])
+    name, Ts = ("tiny", [3, 5]) if suite == "smoke" else ("small", [8, 16, 32])
     size = CONFIGS[name].image_size
     frame = 2 * 3 * size * size * 4
     rows = []
