@@ -263,7 +263,7 @@ def model_name(state) -> str:
 
 
 def model_from_checkpoint(state, path):
-    """The model (VideoFlow or CGlow) a checkpoint describes, with its weights; CheckpointError if they do not fit
+    """The model (VideoFlow, CGlow or RFN) a checkpoint describes, with its weights; CheckpointError if they do not fit
     its config."""
     try:
         name = model_name(state)
