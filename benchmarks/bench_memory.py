@@ -16,6 +16,7 @@ from torch import nn
 import flowkern
 from flowkern import FlowSequence, FlowStep, Glow
 from flowkern.memory import cuda_peak_bytes, peak_memory, saved_tensor_bytes
+from flowkern.nn import mark_initialized
 
 MiB, GB = 2**20, 1e9
 
@@ -48,10 +49,7 @@ def step_peak(model, loss_fn, x):
 
 
 def _initialised(model):
-    for mod in model.modules():  # ActNorm's init batch is not what is measured
-        if isinstance(mod, flowkern.ActNorm2d):
-            mod.mark_initialized()
-    return model
+    return mark_initialized(model)  # ActNorm's init batch is not what is measured
 
 
 def _flow_loss(model, x):

@@ -28,6 +28,7 @@ import flowkern
 from flowkern import ActNorm2d, Glow
 from flowkern.memory import peak_memory
 from flowkern.models.generation import warn_if_diverged
+from flowkern.nn import mark_initialized
 
 VARIANTS = ("init", "prev_frame", "state", "state_label")
 
@@ -254,9 +255,7 @@ def training_step_peak(cfg: CGlowConfig, batch: int, frames: int, device="meta")
         model = CGlow(cfg)
         video = torch.rand(batch, frames, cfg.in_channels, cfg.image_size, cfg.image_size) - 0.5
         labels = torch.zeros(batch, dtype=torch.long) if cfg.num_labels else None
-    for m in model.modules():  # the data-dependent init is not part of a training step
-        if isinstance(m, ActNorm2d):
-            m.mark_initialized()
+    mark_initialized(model)  # the data-dependent init is not part of a training step
     if cfg.tbptt is None:
         step = lambda: (-model.log_prob_frames(video, labels).mean()).backward()  # noqa: E731
     else:

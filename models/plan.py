@@ -16,6 +16,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
 
 import flowkern
+from flowkern.nn import mark_initialized
 from flowkern.models.videoflow import CONFIGS, VideoFlow, VideoFlowConfig, memory_plan
 
 # H100 SXM dense peaks (FLOP/s): fp32 on the CUDA cores, TF32 on the tensor cores
@@ -44,9 +45,7 @@ def training_step_flops(cfg: VideoFlowConfig, batch: int, frames: int) -> int:
     with torch.device("meta"):
         model = VideoFlow(cfg)
         video = torch.rand(batch, frames, cfg.in_channels, cfg.image_size, cfg.image_size) - 0.5
-    for m in model.modules():  # the data-dependent init is not part of a training step
-        if isinstance(m, flowkern.ActNorm2d):
-            m.mark_initialized()
+    mark_initialized(model)  # the data-dependent init is not part of a training step
     with _CountFlops() as counter:
         (-model.log_prob_frames(video).mean()).backward()
     return counter.total

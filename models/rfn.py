@@ -31,9 +31,10 @@ import torch.nn.functional as F
 from torch import nn
 
 import flowkern
-from flowkern import ActNorm2d, Glow
+from flowkern import Glow
 from flowkern.memory import peak_memory
 from flowkern.models.generation import warn_if_diverged
+from flowkern.nn import mark_initialized
 
 EXTRACTORS = ("vgg", "dcgan")
 
@@ -340,7 +341,5 @@ def training_step_peak(cfg: RFNConfig, batch: int, frames: int, device="meta"):
     with torch.device(device):
         model = RFN(cfg)
         video = torch.rand(batch, frames, cfg.in_channels, cfg.image_size, cfg.image_size) - 0.5
-    for m in model.modules():  # the data-dependent init is not part of a training step
-        if isinstance(m, ActNorm2d):
-            m.mark_initialized()
+    mark_initialized(model)  # the data-dependent init is not part of a training step
     return peak_memory(lambda: (-model.log_prob_frames(video).mean()).backward(), model, video)

@@ -26,7 +26,7 @@ import flowkern
 from flowkern import Glow
 from flowkern.memory import MemoryPlan, peak_memory
 from flowkern.models.generation import warn_if_diverged
-from flowkern.nn import ZeroConv2d
+from flowkern.nn import ZeroConv2d, mark_initialized
 
 LOG_2PI = 1.8378770664093453
 
@@ -343,9 +343,7 @@ def training_step_peak(cfg: VideoFlowConfig, batch: int, frames: int, device="me
     with torch.device(device):
         model = VideoFlow(cfg)
         video = torch.rand(batch, frames, cfg.in_channels, cfg.image_size, cfg.image_size) - 0.5
-    for m in model.modules():  # the data-dependent init is not part of a training step
-        if isinstance(m, flowkern.ActNorm2d):
-            m.mark_initialized()
+    mark_initialized(model)  # the data-dependent init is not part of a training step
     return peak_memory(lambda: (-model.log_prob_frames(video).mean()).backward(), model, video)
 
 

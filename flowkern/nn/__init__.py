@@ -1,6 +1,6 @@
 """Invertible modules. Each has forward(x, context=None) -> (y, logdet) and inverse(y, context=None) -> (x, logdet),
 logdet of shape (B,) = log|det| of that direction's Jacobian."""
-from flowkern.nn.actnorm import ActNorm2d
+from flowkern.nn.actnorm import ActNorm2d, mark_initialized
 from flowkern.nn.coupling import AffineCoupling, ZeroConv2d, coupling_network
 from flowkern.nn.flowstep import FlowStep
 from flowkern.nn.glow import Glow
