@@ -94,7 +94,7 @@ PYBIND11_MODULE(_C, m) {
       .pointer("dx", &AffineCouplingParams::dx).pointer("dh", &AffineCouplingParams::dh)
       .value("B", &AffineCouplingParams::B).value("C", &AffineCouplingParams::C).value("Ca", &AffineCouplingParams::Ca)
       .value("HW", &AffineCouplingParams::HW).value("chunk", &AffineCouplingParams::chunk)
-      .value("affine", &AffineCouplingParams::affine);
+      .value("affine", &AffineCouplingParams::affine).value("exp_scale", &AffineCouplingParams::exp_scale);
 
   static ParamsClass<ActNormInvConvParams> ai(m, "ActNormInvConvParams");
   ai.value("dtype", &flowkern::LaunchParams::dtype).value("nthreads", &flowkern::LaunchParams::nthreads)

@@ -50,13 +50,14 @@ struct ChannelAffineParams : LaunchParams {
 
 // affine_coupling: the Glow coupling's elementwise tail. Ca = passthrough channels, Cb = C - Ca transformed.
 //   h has 2*Cb channels when affine (shift h_t = h[:, :Cb], pre-scale h_s = h[:, Cb:]), Cb when additive (h_t only).
-//   s = sigmoid(h_s + 2).
+//   s = sigmoid(h_s + 2) (Glow), or with exp_scale s = exp(h_s): h_s is then the log-scale itself.
 //   fwd: y[:, :Ca] = x[:, :Ca];  y_b = (x_b + h_t) * s   (additive: x_b + h_t)
 //        ld_part[n,k] = sum of log s over elements [k*chunk, (k+1)*chunk) of sample n's Cb*HW block,
 //        nk = ceil(Cb*HW/chunk). Additive: ld_part is not written (may be null).
 //   inv: x[:, :Ca] = y[:, :Ca];  x_b = y_b / s - h_t      (additive: y_b - h_t); ld_part as in fwd (+log s).
 //   bwd: from the forward's output y, h, upstream dy and dld (grad of the forward logdet, (B,), may be null):
-//        dx[:, :Ca] = dy[:, :Ca];  dx_b = dh_t = dy_b * s;  dh_s = (dy_b * y_b + dld[n]) * (1 - s)
+//        dx[:, :Ca] = dy[:, :Ca];  dx_b = dh_t = dy_b * s;  dh_s = (dy_b * y_b + dld[n]) * d(log s)/d(h_s),
+//        that is (1 - s) for the sigmoid and 1 for exp_scale.
 //        additive: dx_b = dh_t = dy_b.
 struct AffineCouplingParams : LaunchParams {
   void* x = nullptr;         // (B, C, HW): read by fwd, written by inv
@@ -70,6 +71,7 @@ struct AffineCouplingParams : LaunchParams {
   int64_t B = 0, C = 0, Ca = 0, HW = 0;
   int64_t chunk = 0;         // elements per logdet partial               fwd/inv (affine)
   bool affine = true;
+  bool exp_scale = false;    // affine: s = exp(h_s), h_s the log-scale, instead of sigmoid(h_s + 2)
 };
 
 // actnorm_invconv (CPU): ActNorm then the invertible 1x1 conv, y = W diag(s) (x + b) per pixel, with its parameter

@@ -20,8 +20,10 @@ The thesis's options (section 3.5-3.6), each a switch of RFNConfig:
   the last frame down to t, q(z_t | z_{t-1}, a_t): it sees the future frames (the prior and the flow never do);
 - res_q (the residual posterior): q's mean is the prior's mean plus the posterior network's output;
 - overshooting D (latent overshooting): the KL of frame t averages D terms, the d-step prior of z_t rolled from the
-  posterior's z_{t-d} through the prior (d = 1: the plain KL; d > 1 against a stopped-gradient posterior). Bits per dimension are the thesis's: (KL + NLL) / (ln 2 * C*H*W *
-(T - 1)) of the dequantized data, with the -D log(2^n_bits) constant (flowkern.bits_per_dim).
+  posterior's z_{t-d} through the prior (d = 1: the plain KL; d > 1 against a stopped-gradient posterior);
+- coupling_scale: the couplings' s = sigmoid(h + 2) (Glow's), or the thesis's clamp log s = s_scale tanh(h) + s_shift.
+Bits per dimension are the thesis's: (KL + NLL) / (ln 2 * C*H*W * (T - 1)) of the dequantized data, with the
+-D log(2^n_bits) constant (flowkern.bits_per_dim).
 """
 from dataclasses import asdict, dataclass
 from typing import List, Optional, Tuple
@@ -35,6 +37,7 @@ from flowkern import Glow
 from flowkern.memory import peak_memory
 from flowkern.models.generation import warn_if_diverged
 from flowkern.nn import mark_initialized
+from flowkern.nn.coupling import COUPLING_SCALES
 
 EXTRACTORS = ("vgg", "dcgan")
 
@@ -49,6 +52,7 @@ class RFNConfig:
     affine: bool = True
     coupling_net: str = "actnorm"  # the thesis's conditioner: 3x3, 1x1 convs with ActNorm + ReLU, zero-init 3x3
     prior_scale: str = "softplus"  # the split priors' and base distribution's std: softplus (the thesis) or exp
+    coupling_scale: str = "sigmoid"  # the couplings' scale: Glow's sigmoid, or the thesis's learned tanh clamp
     extractor: str = "vgg"
     base_width: int = 8  # extractor level l (1..L) has base_width * 2^l channels
     h_channels: int = 256
@@ -63,6 +67,9 @@ class RFNConfig:
     def __post_init__(self):
         if self.extractor not in EXTRACTORS:
             raise ValueError(f"RFNConfig: extractor must be one of {EXTRACTORS}, got {self.extractor!r}")
+        if self.coupling_scale not in COUPLING_SCALES:
+            raise ValueError(f"RFNConfig: coupling_scale must be one of {COUPLING_SCALES}, got "
+                             f"{self.coupling_scale!r}")
         if self.overshooting < 1:
             raise ValueError(f"RFNConfig: overshooting is a number of steps D >= 1 (1: off), got {self.overshooting}")
         if self.image_size % 2 ** self.levels:
@@ -197,7 +204,8 @@ class RFN(nn.Module):
         self.conditioner = ConditioningNetwork(cfg)
         self.flow = Glow(cfg.in_channels, L, cfg.steps, cfg.hidden, affine=cfg.affine,
                          context_channels=tuple(cfg.width(level) for level in range(1, L + 1)),
-                         reversible=cfg.reversible, coupling_net=cfg.coupling_net, prior_scale=cfg.prior_scale)
+                         reversible=cfg.reversible, coupling_net=cfg.coupling_net, prior_scale=cfg.prior_scale,
+                         coupling_scale=cfg.coupling_scale)
         self.beta = 1.0  # the KL's weight in log_prob_frames (training anneals it; evaluation uses 1)
 
     @property

@@ -41,7 +41,7 @@ from flowkern.models.rfn import CONFIGS as RFN_CONFIGS, EXTRACTORS, RFN, RFNConf
 from flowkern.models.video_io import to_uint8_frames, write_grid, write_video
 from flowkern.models.videoflow import CONFIGS, VideoFlow, VideoFlowConfig
 from flowkern.memory import keep_freed_cpu_memory
-from flowkern.nn.coupling import COUPLING_NETS
+from flowkern.nn.coupling import COUPLING_NETS, COUPLING_SCALES
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -286,7 +286,7 @@ RFN_FLAG_OF_FIELD = {"levels": "--levels", "steps": "--flow-steps", "hidden": "-
                      "image_size": "--image-size", "affine": "--coupling", "extractor": "--extractor",
                      "h_channels": "--h-channels", "z_channels": "--z-channels", "base_width": "--base-width",
                      "a_channels": "--a-channels", "smoothing": "--smoothing", "res_q": "--res-q",
-                     "overshooting": "--overshooting"}
+                     "overshooting": "--overshooting", "coupling_scale": "--coupling-scale"}
 
 
 def resolve_config(args):
@@ -352,7 +352,7 @@ def resolve_rfn_config(args) -> RFNConfig:
                  "image_size": args.image_size, "affine": None if args.coupling is None else args.coupling == "affine",
                  "extractor": args.extractor, "h_channels": args.h_channels, "z_channels": args.z_channels,
                  "base_width": args.base_width, "a_channels": args.a_channels, "smoothing": args.smoothing,
-                 "res_q": args.res_q, "overshooting": args.overshooting}
+                 "res_q": args.res_q, "overshooting": args.overshooting, "coupling_scale": args.coupling_scale}
     try:
         return dataclasses.replace(RFN_CONFIGS[args.config], **{k: v for k, v in overrides.items() if v is not None})
     except ValueError as e:
@@ -954,6 +954,9 @@ def parser():
                    help="override the config's value: the posterior's mean is the prior's plus a residual")
     r.add_argument("--overshooting", type=positive_int, default=None,
                    help="override the config's value: latent overshooting over D steps (1: off)")
+    r.add_argument("--coupling-scale", choices=COUPLING_SCALES, default=None,
+                   help="override the config's value: the affine couplings' scale, sigmoid (Glow) or tanh (the "
+                        "thesis: log s = s_scale * tanh(h) + s_shift, both learned)")
     r.add_argument("--beta-start", type=unit_float, default=1e-7,
                    help="the KL's weight at step 0, raised linearly to 1 over --beta-steps (the thesis: 1e-7 to 1)")
     r.add_argument("--beta-steps", type=nonnegative_int, default=1000,

@@ -40,9 +40,9 @@ def randomize_(module: torch.nn.Module, scale: float = 0.1) -> torch.nn.Module:
     return module
 
 
-def random_level(C, K, ctx=0, reversible=True, hidden=8, dtype=torch.float64, lu=True, net="glow"):
+def random_level(C, K, ctx=0, reversible=True, hidden=8, dtype=torch.float64, lu=True, net="glow", scale="sigmoid"):
     """A FlowSequence of K random (non-identity) FlowSteps in training mode."""
-    seq = flowkern.FlowSequence([flowkern.FlowStep(C, hidden, ctx, lu=lu, net=net) for _ in range(K)],
+    seq = flowkern.FlowSequence([flowkern.FlowStep(C, hidden, ctx, lu=lu, net=net, scale=scale) for _ in range(K)],
                                 reversible=reversible)
     return randomize_(seq).to(dtype).train()
 

@@ -1,4 +1,5 @@
-// CPU affine_coupling: y_b = (x_b + h_t) * sigmoid(h_s + 2) with the per-sample sum of log s; inverse; backward.
+// CPU affine_coupling: y_b = (x_b + h_t) * s, s = sigmoid(h_s + 2) or exp(h_s), with the per-sample sum of log s;
+// inverse; backward.
 // Contract in ../kernels.h. The logdet partials use fixed chunks, so results never depend on the thread count.
 #include <omp.h>
 
@@ -12,55 +13,69 @@ namespace cpu {
 namespace {
 
 // Affine forward (INVERSE = false): o = (a + ht) * s;  inverse: o = a / s - ht.  Returns sum(log s).
-template <typename T, bool INVERSE>
+template <typename T, bool INVERSE, bool EXP>
 FK_INLINE T affine_chunk(const T* a, const T* ht, const T* hs, T* o, int64_t n) {
   T ld = 0;
 #pragma omp simd reduction(+ : ld)
   for (int64_t e = 0; e < n; ++e) {
-    const SigmoidParts<T> sp = sigmoid_parts(hs[e] + T(2));
+    const ScaleParts<T> sp = scale_parts<EXP>(hs[e]);
     o[e] = INVERSE ? a[e] * sp.inv_s - ht[e] : (a[e] + ht[e]) * sp.s;
     ld += sp.log_s;
   }
   return ld;
 }
 
-// Backward over n elements: dx_b = dh_t = g s, dh_s = (g y + gl)(1 - s).
-template <typename T>
+// Backward over n elements: dx_b = dh_t = g s, dh_s = (g y + gl) d(log s)/d(h_s).
+template <typename T, bool EXP>
 FK_INLINE void affine_bwd_chunk(const T* yb, const T* hs, const T* g, T gl, T* gx, T* ght, T* ghs, int64_t n) {
 #pragma omp simd
   for (int64_t e = 0; e < n; ++e) {
-    const SigmoidParts<T> sp = sigmoid_parts(hs[e] + T(2));
+    const ScaleParts<T> sp = scale_parts<EXP>(hs[e]);
     gx[e] = g[e] * sp.s;
     ght[e] = g[e] * sp.s;
-    ghs[e] = (g[e] * yb[e] + gl) * sp.one_minus_s;
+    ghs[e] = (g[e] * yb[e] + gl) * sp.dlog_s;
   }
 }
 
-// float instances get AVX2 clones; double (tests) stays plain
-FK_CLONES float fwd_chunk_f32(const float* a, const float* ht, const float* hs, float* o, int64_t n) {
-  return affine_chunk<float, false>(a, ht, hs, o, n);
+// float instances get AVX-512/AVX2 clones (target_clones takes no templates: one function per variant);
+// double (tests) stays plain
+FK_CLONES float fwd_sigmoid_f32(const float* a, const float* ht, const float* hs, float* o, int64_t n) {
+  return affine_chunk<float, false, false>(a, ht, hs, o, n);
 }
-FK_CLONES float inv_chunk_f32(const float* a, const float* ht, const float* hs, float* o, int64_t n) {
-  return affine_chunk<float, true>(a, ht, hs, o, n);
+FK_CLONES float inv_sigmoid_f32(const float* a, const float* ht, const float* hs, float* o, int64_t n) {
+  return affine_chunk<float, true, false>(a, ht, hs, o, n);
 }
-FK_CLONES void bwd_chunk_f32(const float* yb, const float* hs, const float* g, float gl, float* gx, float* ght,
-                             float* ghs, int64_t n) {
-  affine_bwd_chunk<float>(yb, hs, g, gl, gx, ght, ghs, n);
+FK_CLONES float fwd_exp_f32(const float* a, const float* ht, const float* hs, float* o, int64_t n) {
+  return affine_chunk<float, false, true>(a, ht, hs, o, n);
 }
-template <bool INVERSE>
+FK_CLONES float inv_exp_f32(const float* a, const float* ht, const float* hs, float* o, int64_t n) {
+  return affine_chunk<float, true, true>(a, ht, hs, o, n);
+}
+FK_CLONES void bwd_sigmoid_f32(const float* yb, const float* hs, const float* g, float gl, float* gx, float* ght,
+                               float* ghs, int64_t n) {
+  affine_bwd_chunk<float, false>(yb, hs, g, gl, gx, ght, ghs, n);
+}
+FK_CLONES void bwd_exp_f32(const float* yb, const float* hs, const float* g, float gl, float* gx, float* ght,
+                           float* ghs, int64_t n) {
+  affine_bwd_chunk<float, true>(yb, hs, g, gl, gx, ght, ghs, n);
+}
+template <bool INVERSE, bool EXP>
 float chunk_any(const float* a, const float* ht, const float* hs, float* o, int64_t n) {
-  return INVERSE ? inv_chunk_f32(a, ht, hs, o, n) : fwd_chunk_f32(a, ht, hs, o, n);
+  if constexpr (EXP) return INVERSE ? inv_exp_f32(a, ht, hs, o, n) : fwd_exp_f32(a, ht, hs, o, n);
+  return INVERSE ? inv_sigmoid_f32(a, ht, hs, o, n) : fwd_sigmoid_f32(a, ht, hs, o, n);
 }
-template <bool INVERSE>
+template <bool INVERSE, bool EXP>
 double chunk_any(const double* a, const double* ht, const double* hs, double* o, int64_t n) {
-  return affine_chunk<double, INVERSE>(a, ht, hs, o, n);
+  return affine_chunk<double, INVERSE, EXP>(a, ht, hs, o, n);
 }
+template <bool EXP>
 void bwd_any(const float* yb, const float* hs, const float* g, float gl, float* gx, float* ght, float* ghs, int64_t n) {
-  bwd_chunk_f32(yb, hs, g, gl, gx, ght, ghs, n);
+  (EXP ? bwd_exp_f32 : bwd_sigmoid_f32)(yb, hs, g, gl, gx, ght, ghs, n);
 }
+template <bool EXP>
 void bwd_any(const double* yb, const double* hs, const double* g, double gl, double* gx, double* ght, double* ghs,
              int64_t n) {
-  affine_bwd_chunk<double>(yb, hs, g, gl, gx, ght, ghs, n);
+  affine_bwd_chunk<double, EXP>(yb, hs, g, gl, gx, ght, ghs, n);
 }
 
 // The passthrough channels [0, Ca) of each sample: out[n, :Ca] = in[n, :Ca] (the same copy in fwd, inv and bwd).
@@ -92,7 +107,8 @@ int fwd_or_inv(const AffineCouplingParams& p) {
     T* o = out + n * C * HW + p.Ca * HW + e0;
     const T* ht = h + n * Hc * HW + e0;
     if (p.affine) {
-      ld_part[n * nk + k] = chunk_any<INVERSE>(a, ht, ht + E, o, e1 - e0);
+      ld_part[n * nk + k] = p.exp_scale ? chunk_any<INVERSE, true>(a, ht, ht + E, o, e1 - e0)
+                                        : chunk_any<INVERSE, false>(a, ht, ht + E, o, e1 - e0);
     } else {
 #pragma omp simd
       for (int64_t e = 0; e < e1 - e0; ++e) o[e] = INVERSE ? a[e] - ht[e] : a[e] + ht[e];
@@ -122,7 +138,13 @@ int bwd(const AffineCouplingParams& p) {
     const int64_t off = n * C * HW + p.Ca * HW + e0;
     T* ght = dh + n * Hc * HW + e0;
     if (p.affine) {
-      bwd_any(y + off, h + n * Hc * HW + E + e0, dy + off, dld ? dld[n] : T(0), dx + off, ght, ght + E, e1 - e0);
+      const T* hs = h + n * Hc * HW + E + e0;
+      const T gl = dld ? dld[n] : T(0);
+      if (p.exp_scale) {
+        bwd_any<true>(y + off, hs, dy + off, gl, dx + off, ght, ght + E, e1 - e0);
+      } else {
+        bwd_any<false>(y + off, hs, dy + off, gl, dx + off, ght, ght + E, e1 - e0);
+      }
     } else {
       std::memcpy(dx + off, dy + off, (e1 - e0) * sizeof(T));
       std::memcpy(ght, dy + off, (e1 - e0) * sizeof(T));

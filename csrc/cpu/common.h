@@ -72,6 +72,25 @@ FK_INLINE SigmoidParts<T> sigmoid_parts(T u) {
   return {neg ? e * r : r, neg ? r : e * r, neg ? (T(1) + e) / e : T(1) + e, (neg ? u : T(0)) - log1p_unit(e)};
 }
 
+// The coupling's scale s from the network's h_s, with 1 / s, log s and d(log s)/d(h_s). kExp = false (Glow):
+// s = sigmoid(h_s + 2). kExp = true: h_s is the log-scale itself (e.g. a tanh-clamped one), s = exp(h_s), formed from
+// e = exp(-|h_s|) so the vectorised exp_nonpos serves both signs.
+template <typename T>
+struct ScaleParts {
+  T s, inv_s, log_s, dlog_s;
+};
+template <bool kExp, typename T>
+FK_INLINE ScaleParts<T> scale_parts(T h) {
+  if constexpr (kExp) {
+    const bool neg = h < T(0);
+    const T e = exp_nonpos(neg ? h : -h);
+    return {neg ? e : T(1) / e, neg ? T(1) / e : e, h, T(1)};
+  } else {
+    const SigmoidParts<T> sp = sigmoid_parts(h + T(2));
+    return {sp.s, sp.inv_s, sp.log_s, sp.one_minus_s};
+  }
+}
+
 // Threads for a parallel region over `work` units (elements, or FMAs for the matrix ops): one below `grain`, else
 // nthreads. A small pass runs faster alone than its fork/join costs, and far faster than waking worker threads
 // that another busy process has pre-empted (milliseconds per region when the cores are shared). torch's CPU ops use

@@ -20,8 +20,9 @@ constexpr int64_t kAdditiveChunk = kThreads * kUnroll * 4;   // additive has no 
 constexpr int64_t kMaxBlocksPerSample = 4096;                // coupling_bwd grid-stride cap
 constexpr int64_t kMaxGridY = 65535;
 
-// Forward (y_b = (x_b + h_t) * s) or inverse (x_b = y_b * (1 + exp(-u)) - h_t); additive: x_b +/- h.
-template <typename T, bool kAffine, bool kInverse>
+// Forward (y_b = (x_b + h_t) * s) or inverse (x_b = y_b / s - h_t); additive: x_b +/- h. s = sigmoid(h_s + 2), or
+// exp(h_s) for kExp.
+template <typename T, bool kAffine, bool kInverse, bool kExp>
 __global__ void __launch_bounds__(kThreads)
 coupling_fwd_kernel(const T* __restrict__ in, const T* __restrict__ h, T* __restrict__ out,
                     acc_t<T>* __restrict__ ld_part, int64_t C, int64_t Ca, int64_t HW, int64_t chunk, int64_t nk,
@@ -45,7 +46,7 @@ coupling_fwd_kernel(const T* __restrict__ in, const T* __restrict__ h, T* __rest
         if (e < end) {
           v[r] = to_acc(in_b[e]);
           t[r] = to_acc(ht[e]);
-          if constexpr (kAffine) u[r] = to_acc(hs[e]) + Acc(2);
+          if constexpr (kAffine) u[r] = to_acc(hs[e]);
         }
       }
 #pragma unroll
@@ -54,7 +55,7 @@ coupling_fwd_kernel(const T* __restrict__ in, const T* __restrict__ h, T* __rest
         if (e >= end) break;
         Acc o;
         if constexpr (kAffine) {
-          const SigmoidParts<Acc> sp = sigmoid_parts(u[r]);
+          const ScaleParts<Acc> sp = scale_parts<kExp>(u[r]);
           o = kInverse ? v[r] * sp.inv_s - t[r] : (v[r] + t[r]) * sp.s;
           log_sum += sp.log_s;
         } else {
@@ -70,9 +71,9 @@ coupling_fwd_kernel(const T* __restrict__ in, const T* __restrict__ h, T* __rest
   }
 }
 
-// Affine backward, transformed channels only: dx_b = dy_b * s, dh_t = dy_b * s, dh_s = (dy_b*y_b + dld) (1-s).
-// Grid (min(blocks, cap), min(B, 65535)), grid-stride in both dimensions.
-template <typename T>
+// Affine backward, transformed channels only: dx_b = dy_b * s, dh_t = dy_b * s,
+// dh_s = (dy_b*y_b + dld) d(log s)/d(h_s). Grid (min(blocks, cap), min(B, 65535)), grid-stride in both dimensions.
+template <typename T, bool kExp>
 __global__ void __launch_bounds__(kThreads)
 coupling_bwd_kernel(const T* __restrict__ y, const T* __restrict__ h, const T* __restrict__ dy,
                     const acc_t<T>* __restrict__ dld, T* __restrict__ dx, T* __restrict__ dh, int64_t C, int64_t Ca,
@@ -90,11 +91,11 @@ coupling_bwd_kernel(const T* __restrict__ y, const T* __restrict__ h, const T* _
     const Acc g = dld != nullptr ? dld[n] : Acc(0);
     for (int64_t e = (int64_t)blockIdx.x * kThreads + threadIdx.x; e < nb; e += (int64_t)gridDim.x * kThreads) {
       const Acc d = to_acc(dy_b[e]), yv = to_acc(y_b[e]);
-      const SigmoidParts<Acc> sp = sigmoid_parts(to_acc(hs[e]) + Acc(2));
+      const ScaleParts<Acc> sp = scale_parts<kExp>(to_acc(hs[e]));
       const T ds = from_acc<T>(d * sp.s);
       dx_b[e] = ds;
       dht[e] = ds;
-      dhs[e] = from_acc<T>((d * yv + g) * sp.one_minus_s);
+      dhs[e] = from_acc<T>((d * yv + g) * sp.dlog_s);
     }
   }
 }
@@ -119,7 +120,9 @@ int launch_fwd(const AffineCouplingParams& p) {
   const int64_t nk = ceil_div(nb, chunk);
   if (nk > INT_MAX) return (int)cudaErrorInvalidValue;
   const dim3 grid((unsigned)nk, (unsigned)std::min<int64_t>(B, kMaxGridY));
-  const auto kernel = p.affine ? coupling_fwd_kernel<T, true, kInverse> : coupling_fwd_kernel<T, false, kInverse>;
+  const auto kernel = !p.affine    ? coupling_fwd_kernel<T, false, kInverse, false>
+                      : p.exp_scale ? coupling_fwd_kernel<T, true, kInverse, true>
+                                    : coupling_fwd_kernel<T, true, kInverse, false>;
   kernel<<<grid, kThreads, 0, stream>>>(in, static_cast<const T*>(p.h), out, static_cast<Acc*>(p.ld_part), C, Ca, HW,
                                         chunk, nk, B);  // additive: ld_part is null and unused
   return (int)cudaGetLastError();
@@ -148,7 +151,8 @@ int launch_bwd(const AffineCouplingParams& p) {
   if (!p.affine || nb == 0) return (int)cudaGetLastError();
   const dim3 grid((unsigned)std::min<int64_t>(ceil_div(nb, kThreads), kMaxBlocksPerSample),
                   (unsigned)std::min<int64_t>(B, kMaxGridY));
-  coupling_bwd_kernel<T><<<grid, kThreads, 0, stream>>>(
+  const auto kernel = p.exp_scale ? coupling_bwd_kernel<T, true> : coupling_bwd_kernel<T, false>;
+  kernel<<<grid, kThreads, 0, stream>>>(
       static_cast<const T*>(p.y), static_cast<const T*>(p.h), static_cast<const T*>(p.dy),
       static_cast<const Acc*>(p.dld), static_cast<T*>(p.dx), static_cast<T*>(p.dh), C, Ca, HW, B);
   return (int)cudaGetLastError();

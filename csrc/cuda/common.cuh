@@ -51,6 +51,25 @@ __device__ __forceinline__ SigmoidParts<Acc> sigmoid_parts(Acc u) {
   return {neg ? z * r : r, neg ? r : z * r, neg ? (Acc(1) + z) / z : Acc(1) + z, (neg ? u : Acc(0)) - fk_log1p(z)};
 }
 
+// The coupling's scale s from the network's h_s, with 1 / s, log s and d(log s)/d(h_s). kExp = false (Glow):
+// s = sigmoid(h_s + 2). kExp = true: h_s is the log-scale itself (e.g. a tanh-clamped one), s = exp(h_s).
+template <typename Acc>
+struct ScaleParts {
+  Acc s, inv_s, log_s, dlog_s;
+};
+template <bool kExp, typename Acc>
+__device__ __forceinline__ ScaleParts<Acc> scale_parts(Acc h) {
+  if constexpr (kExp) {
+    // from e = exp(-|h|) as the sigmoid does: exp of a free sign makes the unrolled fp64 forward spill on sm_90
+    const bool neg = h < Acc(0);
+    const Acc e = fk_exp(neg ? h : -h);
+    return {neg ? e : Acc(1) / e, neg ? Acc(1) / e : e, h, Acc(1)};
+  } else {
+    const SigmoidParts<Acc> sp = sigmoid_parts(h + Acc(2));
+    return {sp.s, sp.inv_s, sp.log_s, sp.one_minus_s};
+  }
+}
+
 // One dynamic shared-memory buffer for all kernels (declaring it with different types per template would clash).
 template <typename Acc> __device__ __forceinline__ Acc* dynamic_smem() {
   extern __shared__ __align__(16) unsigned char flowkern_smem[];

@@ -69,39 +69,63 @@ def coupling_network(in_channels: int, hidden: int, out_channels: int, kind: str
     return net
 
 
+COUPLING_SCALES = ("sigmoid", "tanh")
+
+
 class AffineCoupling(nn.Module):
     """Glow affine (or additive) coupling, optionally conditional.
 
     x = (x_a, x_b) with x_a = x[:, :C//2] passed through and x_b (C - C//2 channels, so odd C works) transformed:
-    h = NN(cat(x_a, context)), s = sigmoid(h_s + 2), y_b = (x_b + h_t) * s; logdet = sum log s.
-    Additive (affine=False): y_b = x_b + h, logdet 0. The elementwise tail is one fused kernel.
-    net: the NN's kind (coupling_network): "glow" or "gatu".
+    h = NN(cat(x_a, context)), y_b = (x_b + h_t) * s; logdet = sum log s, with s from h_s by `scale`:
+      "sigmoid" (Glow):           s = sigmoid(h_s + 2)
+      "tanh" (RealNVP's clamp):   log s = s_scale * tanh(h_s) + s_shift, s_scale and s_shift learned per channel
+                                  (initialised to 1 and 0: s = 1 at the zero-initialised network's start)
+    Additive (affine=False): y_b = x_b + h, logdet 0. The elementwise tail is one fused kernel (for "tanh", the one
+    that takes log s: ops.affine_coupling's scale="exp").
+    net: the NN's kind (coupling_network): "glow", "gatu" or "actnorm".
     """
 
     def __init__(self, num_channels: int, hidden: int = 512, context_channels: int = 0, affine: bool = True,
-                 net: str = "glow"):
+                 net: str = "glow", scale: str = "sigmoid"):
         super().__init__()
         if num_channels < 2:
             raise ValueError(f"AffineCoupling needs at least 2 channels, got {num_channels}")
+        if scale not in COUPLING_SCALES:
+            raise ValueError(f"AffineCoupling: scale must be one of {COUPLING_SCALES}, got {scale!r}")
         self.num_channels = num_channels
         self.context_channels = context_channels
         self.affine = affine
+        self.scale = scale
         self.ca = num_channels // 2
         cb = num_channels - self.ca
         self.nn = coupling_network(self.ca + context_channels, hidden, 2 * cb if affine else cb, net)
+        if affine and scale == "tanh":
+            self.s_scale = nn.Parameter(torch.ones(cb, 1, 1))
+            self.s_shift = nn.Parameter(torch.zeros(cb, 1, 1))
+
+    @property
+    def op_scale(self) -> str:
+        """The scale argument of ops.affine_coupling for what _h returns."""
+        return "exp" if self.affine and self.scale == "tanh" else "sigmoid"
 
     def _h(self, xa, context):
-        return self.nn(xa if context is None else torch.cat([xa, context.to(xa.dtype)], 1))
+        h = self.nn(xa if context is None else torch.cat([xa, context.to(xa.dtype)], 1))
+        if self.op_scale == "exp":  # (h_t, clamped log s)
+            cb = self.num_channels - self.ca
+            h = torch.cat([h[:, :cb], self.s_scale.to(h.dtype) * torch.tanh(h[:, cb:]) + self.s_shift.to(h.dtype)],
+                          1)
+        return h
 
     def forward(self, x, context=None):
         check_input(self, x)
         check_context(self, context, x)
-        return ops.affine_coupling(x, self._h(x[:, :self.ca], context), self.affine)
+        return ops.affine_coupling(x, self._h(x[:, :self.ca], context), self.affine, self.op_scale)
 
     def inverse(self, y, context=None):
         check_input(self, y)
         check_context(self, context, y)
-        return ops.affine_coupling_inverse(y, self._h(y[:, :self.ca], context), self.affine)
+        return ops.affine_coupling_inverse(y, self._h(y[:, :self.ca], context), self.affine, self.op_scale)
 
     def extra_repr(self):
-        return f"{self.num_channels}, context_channels={self.context_channels}, affine={self.affine}"
+        return (f"{self.num_channels}, context_channels={self.context_channels}, affine={self.affine}"
+                + (f", scale={self.scale!r}" if self.affine else ""))

@@ -19,12 +19,12 @@ class FlowStep(nn.Module):
     """
 
     def __init__(self, num_channels: int, hidden: int = 512, context_channels: int = 0, affine: bool = True,
-                 lu: bool = True, net: str = "glow"):
+                 lu: bool = True, net: str = "glow", scale: str = "sigmoid"):
         super().__init__()
         self.num_channels = num_channels
         self.actnorm = ActNorm2d(num_channels)
         self.invconv = InvConv1x1LU(num_channels) if lu else InvConv1x1(num_channels)
-        self.coupling = AffineCoupling(num_channels, hidden, context_channels, affine, net)
+        self.coupling = AffineCoupling(num_channels, hidden, context_channels, affine, net, scale)
         self._derived_key, self._derived = None, None  # see derived()
 
     def _affine_params(self):
@@ -128,9 +128,9 @@ class FlowStep(nn.Module):
             with autocast():
                 h = cp._h(ya, c)
         with torch.no_grad(), autocast():
-            xc, _ = ops.affine_coupling_inverse(y, h, cp.affine)  # the coupling's input x'
+            xc, _ = ops.affine_coupling_inverse(y, h, cp.affine, cp.op_scale)  # the coupling's input x'
             x, _ = self._affine_inverse(xc)
-        g_xc, g_h = ops.affine_coupling_backward(y, h, dy, dlogdet, cp.affine)
+        g_xc, g_h = ops.affine_coupling_backward(y, h, dy, dlogdet, cp.affine, cp.op_scale)
         nn_params = [p for p in cp.parameters() if p.requires_grad]
         g_nn = torch.autograd.grad(h, [ya] + ([c] if context_grad else []) + nn_params, g_h, allow_unused=True)
         g_xc[:, :cp.ca] += g_nn[0]  # the network read x'_a too

@@ -27,12 +27,14 @@ class Glow(nn.Module):
     (a conditioning network's features: CGlow's label and state pyramids, the RFN's conditioning network).
     coupling_net: the couplings' NN, "glow", "gatu" or "actnorm" (flowkern.nn.coupling_network).
     prior_scale: the split and top priors' std from their convs: "exp" (Glow) or "softplus" (flowkern.nn.split).
+    coupling_scale: the affine couplings' scale, "sigmoid" (Glow) or "tanh" (a learned clamp of log s;
+    flowkern.nn.AffineCoupling).
     """
 
     def __init__(self, in_channels: int, levels: int, steps: int, hidden: int = 512, affine: bool = True,
                  lu: bool = True, context_channels: Union[int, Sequence[int]] = 0, learn_priors: bool = True,
                  reversible: bool = False, recompute_chunk: Optional[int] = DEFAULT_RECOMPUTE_CHUNK,
-                 coupling_net: str = "glow", prior_scale: str = "exp"):
+                 coupling_net: str = "glow", prior_scale: str = "exp", coupling_scale: str = "sigmoid"):
         super().__init__()
         if levels < 1 or steps < 1:
             raise ValueError(f"Glow needs levels >= 1 and steps >= 1, got levels={levels}, steps={steps}")
@@ -48,8 +50,8 @@ class Glow(nn.Module):
         c, ctx = in_channels, 0 if self.pyramid else context_channels
         for level in range(levels):
             c, ctx = c * 4, context_channels[level] if self.pyramid else ctx * 4
-            self.flows.append(FlowSequence((FlowStep(c, hidden, ctx, affine, lu, coupling_net) for _ in range(steps)),
-                                           reversible=reversible, recompute_chunk=recompute_chunk))
+            steps_here = (FlowStep(c, hidden, ctx, affine, lu, coupling_net, coupling_scale) for _ in range(steps))
+            self.flows.append(FlowSequence(steps_here, reversible=reversible, recompute_chunk=recompute_chunk))
             if level < levels - 1:
                 self.splits.append(Split(c, ctx, learn_priors, prior_scale))
                 c = c // 2

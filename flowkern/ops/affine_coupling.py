@@ -2,7 +2,9 @@
 
 Given x (B, C, H, W) and the coupling network's output h (computed from the passthrough half x_a = x[:, :Ca],
 Ca = C // 2), with Cb = C - Ca:
-    affine:   h = (h_t, h_s) along channels (Cb each),  s = sigmoid(h_s + 2)
+    affine:   h = (h_t, h_s) along channels (Cb each),  s = sigmoid(h_s + 2)  (scale="sigmoid", Glow's)
+                                                        s = exp(h_s)          (scale="exp": h_s is the log-scale,
+                                                                               e.g. a tanh-clamped one)
               y = (x_a, (x_b + h_t) * s),   logdet[n] = sum log s   over sample n
     additive: h has Cb channels,  y = (x_a, x_b + h),  logdet = 0
 The kernels read x and h once and write y once at channel offsets (no split/cat copies), reduce the logdet per sample
@@ -25,31 +27,52 @@ from flowkern.ops.checks import acc_dtype, cdiv, check_nchw, check_same_device, 
 from flowkern.ops.dispatch import FusedOp, launch, pick_backend
 
 
-def _split(t: Tensor, h: Tensor, affine: bool):
-    """(t_a, t_b, h_t, u = h_s + 2 or None) for t = x or y."""
+SCALES = ("sigmoid", "exp")
+
+
+def _split(t: Tensor, h: Tensor, affine: bool, scale: str):
+    """(t_a, t_b, h_t, u or None) for t = x or y: s = sigmoid(u), u = h_s + 2, or s = exp(u), u = h_s."""
     ca = t.shape[1] // 2
     cb = t.shape[1] - ca
     h = h.to(t.dtype)
-    return t[:, :ca], t[:, ca:], h[:, :cb], (h[:, cb:] + 2.0 if affine else None)
+    return t[:, :ca], t[:, ca:], h[:, :cb], (None if not affine else h[:, cb:] + 2.0 if scale == "sigmoid" else
+                                             h[:, cb:])
 
 
-def _ref_logdet(u: Optional[Tensor], t: Tensor) -> Tensor:
+def _scale(u: Tensor, scale: str) -> Tensor:
+    return torch.sigmoid(u) if scale == "sigmoid" else torch.exp(u)
+
+
+def _inverse_scale(u: Tensor, scale: str) -> Tensor:
+    return 1.0 + torch.exp(-u) if scale == "sigmoid" else torch.exp(-u)  # 1 / sigmoid(u), 1 / exp(u)
+
+
+def _dlog_scale(s: Tensor, scale: str):
+    """d(log s)/du."""
+    return 1.0 - s if scale == "sigmoid" else 1.0
+
+
+def _ref_logdet(u: Optional[Tensor], t: Tensor, scale: str) -> Tensor:
     acc = acc_dtype(t.dtype)
-    return t.new_zeros(t.shape[0], dtype=acc) if u is None else F.logsigmoid(u.to(acc)).sum(dim=(1, 2, 3))
+    if u is None:
+        return t.new_zeros(t.shape[0], dtype=acc)
+    u = u.to(acc)
+    return (F.logsigmoid(u) if scale == "sigmoid" else u).sum(dim=(1, 2, 3))
 
 
-def affine_coupling_ref(x: Tensor, h: Tensor, affine: bool = True) -> Tuple[Tensor, Tensor]:
+def affine_coupling_ref(x: Tensor, h: Tensor, affine: bool = True, scale: str = "sigmoid") -> Tuple[Tensor, Tensor]:
     """Pure-torch reference of affine_coupling: returns (y, logdet (B,))."""
-    xa, xb, ht, u = _split(x, h, affine)
-    yb = xb + ht if u is None else (xb + ht) * torch.sigmoid(u)
-    return torch.cat([xa, yb], 1), _ref_logdet(u, x)
+    xa, xb, ht, u = _split(x, h, affine, scale)
+    yb = xb + ht if u is None else (xb + ht) * _scale(u, scale)
+    return torch.cat([xa, yb], 1), _ref_logdet(u, x, scale)
 
 
-def affine_coupling_inverse_ref(y: Tensor, h: Tensor, affine: bool = True) -> Tuple[Tensor, Tensor]:
+def affine_coupling_inverse_ref(y: Tensor, h: Tensor, affine: bool = True,
+                                scale: str = "sigmoid") -> Tuple[Tensor, Tensor]:
     """Pure-torch reference of affine_coupling_inverse: returns (x, logdet (B,)) = (x, -forward logdet)."""
-    ya, yb, ht, u = _split(y, h, affine)
-    xb = yb - ht if u is None else yb * (1.0 + torch.exp(-u)) - ht  # yb / sigmoid(u) - ht
-    return torch.cat([ya, xb], 1), -_ref_logdet(u, y)
+    ya, yb, ht, u = _split(y, h, affine, scale)
+    xb = yb - ht if u is None else yb * _inverse_scale(u, scale) - ht
+    return torch.cat([ya, xb], 1), -_ref_logdet(u, y, scale)
 
 
 def element_chunk(backend: str, B: int, E: int) -> int:
@@ -60,7 +83,7 @@ def element_chunk(backend: str, B: int, E: int) -> int:
     return max(1024, round_up(cdiv(B * E, 1024), 1024))
 
 
-def _fwd_or_inv(kernel: str, x: Tensor, y: Tensor, h: Tensor, affine: bool, backend: str) -> Tensor:
+def _fwd_or_inv(kernel: str, x: Tensor, y: Tensor, h: Tensor, affine: bool, scale: str, backend: str) -> Tensor:
     """Launch the forward (x -> y) or inverse (y -> x) kernel; returns the per-sample sum of log s."""
     B, C, H, W = x.shape
     ca = C // 2
@@ -69,59 +92,60 @@ def _fwd_or_inv(kernel: str, x: Tensor, y: Tensor, h: Tensor, affine: bool, back
         return x.new_zeros(B, dtype=acc_dtype(x.dtype))
     chunk = element_chunk(backend, B, E)  # the kernels' work split too, additive or not
     ld_part = x.new_empty(B, cdiv(E, chunk), dtype=acc_dtype(x.dtype)) if affine else None
-    launch(kernel, backend, x=x, y=y, h=h, ld_part=ld_part, B=B, C=C, Ca=ca, HW=H * W, chunk=chunk, affine=affine)
+    launch(kernel, backend, x=x, y=y, h=h, ld_part=ld_part, B=B, C=C, Ca=ca, HW=H * W, chunk=chunk, affine=affine,
+           exp_scale=scale == "exp")
     return ld_part.sum(1) if affine else x.new_zeros(B, dtype=acc_dtype(x.dtype))
 
 
-def affine_coupling_fwd(x: Tensor, h: Tensor, affine: bool, backend: str) -> Tuple[Tensor, Tensor]:
+def affine_coupling_fwd(x: Tensor, h: Tensor, affine: bool, scale: str, backend: str) -> Tuple[Tensor, Tensor]:
     y = torch.empty_like(x)
-    return y, _fwd_or_inv("affine_coupling_fwd", x, y, h, affine, backend)
+    return y, _fwd_or_inv("affine_coupling_fwd", x, y, h, affine, scale, backend)
 
 
-def affine_coupling_inv(y: Tensor, h: Tensor, affine: bool, backend: str) -> Tuple[Tensor, Tensor]:
+def affine_coupling_inv(y: Tensor, h: Tensor, affine: bool, scale: str, backend: str) -> Tuple[Tensor, Tensor]:
     x = torch.empty_like(y)
-    return x, -_fwd_or_inv("affine_coupling_inv", x, y, h, affine, backend)
+    return x, -_fwd_or_inv("affine_coupling_inv", x, y, h, affine, scale, backend)
 
 
-def affine_coupling_bwd(y: Tensor, h: Tensor, dy: Tensor, dld: Tensor, affine: bool,
+def affine_coupling_bwd(y: Tensor, h: Tensor, dy: Tensor, dld: Tensor, affine: bool, scale: str,
                         backend: str) -> Tuple[Tensor, Tensor]:
     """(dx, dh) from the forward's output y, h, and the gradients of y and of the logdet."""
     B, C, H, W = y.shape
     dx, dh = torch.empty_like(y), torch.empty_like(h)
     if y.numel():
         launch("affine_coupling_bwd", backend, y=y, h=h, dy=dy, dld=dld, dx=dx, dh=dh, B=B, C=C, Ca=C // 2,
-               HW=H * W, affine=affine)
+               HW=H * W, affine=affine, exp_scale=scale == "exp")
     return dx, dh
 
 
-def affine_coupling_bwd_ref(y: Tensor, h: Tensor, dy: Tensor, dld: Tensor, affine: bool,
+def affine_coupling_bwd_ref(y: Tensor, h: Tensor, dy: Tensor, dld: Tensor, affine: bool, scale: str = "sigmoid",
                             backend: str = "torch") -> Tuple[Tensor, Tensor]:
     """affine_coupling_bwd in differentiable torch ops (for double backward)."""
-    dya, dyb, _, u = _split(dy, h, affine)
+    dya, dyb, _, u = _split(dy, h, affine, scale)
     if u is None:
         return dy.clone(), dyb  # dx is the caller's to modify
-    s = torch.sigmoid(u)
+    s = _scale(u, scale)
     g = dyb * s
-    dhs = (dyb * y[:, y.shape[1] // 2:] + dld.view(-1, 1, 1, 1).to(s.dtype)) * (1.0 - s)
+    dhs = (dyb * y[:, y.shape[1] // 2:] + dld.view(-1, 1, 1, 1).to(s.dtype)) * _dlog_scale(s, scale)
     return torch.cat([dya, g], 1), torch.cat([g, dhs], 1)
 
 
 def _fwd_setup_context(ctx, inputs, output):
-    x, h, affine, backend = inputs
-    ctx.save_for_backward(output[0], h)  # y and h suffice: (x_b + h_t) * s * (1 - s) = y_b * (1 - s)
-    ctx.affine, ctx.backend = affine, backend
+    x, h, affine, scale, backend = inputs
+    ctx.save_for_backward(output[0], h)  # y and h suffice: d y_b / d u = (x_b + h_t) ds/du = y_b d(log s)/du
+    ctx.affine, ctx.scale, ctx.backend = affine, scale, backend
 
 
 def _fwd_backward(ctx, dy, dld, bwd):
     y, h = ctx.saved_tensors
-    dx, dh = bwd(y, h, dy.contiguous(), dld.contiguous(), ctx.affine, ctx.backend)
-    return dx, dh, None, None
+    dx, dh = bwd(y, h, dy.contiguous(), dld.contiguous(), ctx.affine, ctx.scale, ctx.backend)
+    return dx, dh, None, None, None
 
 
 def _inv_setup_context(ctx, inputs, output):
-    y, h, affine, backend = inputs
+    y, h, affine, scale, backend = inputs
     ctx.save_for_backward(output[0], h)
-    ctx.affine = affine
+    ctx.affine, ctx.scale = affine, scale
 
 
 def _inv_backward(ctx, dx, dld, bwd=None):
@@ -129,12 +153,13 @@ def _inv_backward(ctx, dx, dld, bwd=None):
     x, h = ctx.saved_tensors
     xa_grad, xb_grad = dx[:, :x.shape[1] // 2], dx[:, x.shape[1] // 2:]
     if not ctx.affine:
-        return dx, -xb_grad, None, None
-    _, xb, ht, u = _split(x, h, True)
-    s = torch.sigmoid(u)
+        return dx, -xb_grad, None, None, None
+    _, xb, ht, u = _split(x, h, True, ctx.scale)
+    s = _scale(u, ctx.scale)
     dy = torch.cat([xa_grad, xb_grad / s], 1)
-    dhs = -(1.0 - s) * (xb_grad * (xb + ht) + dld.view(-1, 1, 1, 1).to(s.dtype))  # xb + ht = y_b / s
-    return dy, torch.cat([-xb_grad, dhs], 1), None, None
+    # x_b = y_b / s - h_t: d x_b / d u = -(x_b + h_t) d(log s)/du; the inverse's logdet is -sum log s
+    dhs = -_dlog_scale(s, ctx.scale) * (xb_grad * (xb + ht) + dld.view(-1, 1, 1, 1).to(s.dtype))
+    return dy, torch.cat([-xb_grad, dhs], 1), None, None, None
 
 
 affine_coupling_bwd_op = FusedOp(affine_coupling_bwd, reference=affine_coupling_bwd_ref)
@@ -142,7 +167,9 @@ affine_coupling_fwd_op = FusedOp(affine_coupling_fwd, _fwd_setup_context, _fwd_b
 affine_coupling_inv_op = FusedOp(affine_coupling_inv, _inv_setup_context, _inv_backward)
 
 
-def _check(op: str, x: Tensor, h: Tensor, affine: bool) -> None:
+def _check(op: str, x: Tensor, h: Tensor, affine: bool, scale: str) -> None:
+    if scale not in SCALES:
+        raise ValueError(f"{op}: scale must be one of {SCALES}, got {scale!r}")
     check_nchw(x, op)
     check_nchw(h, op, "h")
     B, C, H, W = x.shape
@@ -157,39 +184,42 @@ def _check(op: str, x: Tensor, h: Tensor, affine: bool) -> None:
     check_same_device(op, x=x, h=h)
 
 
-def _run(op: str, fused: FusedOp, ref, t: Tensor, h: Tensor, affine: bool) -> Tuple[Tensor, Tensor]:
-    _check(op, t, h, affine)
+def _run(op: str, fused: FusedOp, ref, t: Tensor, h: Tensor, affine: bool, scale: str) -> Tuple[Tensor, Tensor]:
+    _check(op, t, h, affine, scale)
     h = h.to(t.dtype)  # autocast may give a bf16 h
     backend = pick_backend(t)
     if backend == "torch":
-        return ref(t, h, affine)
-    return fused(t.contiguous(), h.contiguous(), affine, backend)
+        return ref(t, h, affine, scale)
+    return fused(t.contiguous(), h.contiguous(), affine, scale, backend)
 
 
-def affine_coupling(x: Tensor, h: Tensor, affine: bool = True) -> Tuple[Tensor, Tensor]:
+def affine_coupling(x: Tensor, h: Tensor, affine: bool = True, scale: str = "sigmoid") -> Tuple[Tensor, Tensor]:
     """Fused coupling forward. x (B, C, H, W); h (B, 2*(C - C//2) or C - C//2, H, W) from the coupling network
-    applied to x[:, :C//2]. Returns (y, logdet (B,)); h is cast to x's dtype."""
-    return _run("affine_coupling", affine_coupling_fwd_op, affine_coupling_ref, x, h, affine)
+    applied to x[:, :C//2]. scale: "sigmoid" (s = sigmoid(h_s + 2), Glow's) or "exp" (s = exp(h_s): h_s is the
+    log-scale; bound it, e.g. with a tanh clamp, since nothing here does). Returns (y, logdet (B,)); h is cast to x's
+    dtype."""
+    return _run("affine_coupling", affine_coupling_fwd_op, affine_coupling_ref, x, h, affine, scale)
 
 
-def affine_coupling_backward(y: Tensor, h: Tensor, dy: Tensor, dlogdet: Tensor,
-                             affine: bool = True) -> Tuple[Tensor, Tensor]:
+def affine_coupling_backward(y: Tensor, h: Tensor, dy: Tensor, dlogdet: Tensor, affine: bool = True,
+                             scale: str = "sigmoid") -> Tuple[Tensor, Tensor]:
     """The backward of affine_coupling from its output y, without running its forward: (dx, dh) for upstream
     gradients dy of y and dlogdet (B,) of the logdet (dh in h's dtype). Reversible backprop has y, not x, and needs
     only this. Not differentiable again."""
-    _check("affine_coupling_backward", y, h, affine)
+    _check("affine_coupling_backward", y, h, affine, scale)
     hy = h.detach().to(y.dtype)
     dld = dlogdet.detach().to(acc_dtype(y.dtype))
     backend = pick_backend(y)
     if backend == "torch":
-        dx, dh = affine_coupling_bwd_ref(y.detach(), hy, dy, dld, affine)
+        dx, dh = affine_coupling_bwd_ref(y.detach(), hy, dy, dld, affine, scale)
     else:
         dx, dh = affine_coupling_bwd(y.contiguous(), hy.contiguous(), dy.contiguous(), dld.contiguous(), affine,
-                                     backend)
+                                     scale, backend)
     return dx, dh.to(h.dtype)
 
 
-def affine_coupling_inverse(y: Tensor, h: Tensor, affine: bool = True) -> Tuple[Tensor, Tensor]:
+def affine_coupling_inverse(y: Tensor, h: Tensor, affine: bool = True,
+                            scale: str = "sigmoid") -> Tuple[Tensor, Tensor]:
     """Fused coupling inverse: x_b = y_b / s - h_t (additive: y_b - h). h must be computed from y[:, :C//2]
     (equal to x[:, :C//2]). Returns (x, logdet (B,)) with logdet = -sum log s."""
-    return _run("affine_coupling_inverse", affine_coupling_inv_op, affine_coupling_inverse_ref, y, h, affine)
+    return _run("affine_coupling_inverse", affine_coupling_inv_op, affine_coupling_inverse_ref, y, h, affine, scale)

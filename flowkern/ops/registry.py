@@ -35,11 +35,12 @@ channel_affine_fwd = _register(ca.channel_affine_fwd_op, lambda x, A, c, backend
 
 # affine_coupling: (y, logdet) from (x, h); inverse (x, logdet) from (y, h); backward (dx, dh)
 affine_coupling_bwd = _register(ac.affine_coupling_bwd_op,
-                                lambda y, h, dy, dld, affine, backend: (torch.empty_like(y), torch.empty_like(h)))
+                                lambda y, h, dy, dld, affine, scale, backend: (torch.empty_like(y),
+                                                                               torch.empty_like(h)))
 affine_coupling_fwd = _register(ac.affine_coupling_fwd_op,
-                                lambda x, h, affine, backend: (torch.empty_like(x), _acc_vector(x)))
+                                lambda x, h, affine, scale, backend: (torch.empty_like(x), _acc_vector(x)))
 affine_coupling_inv = _register(ac.affine_coupling_inv_op,
-                                lambda y, h, affine, backend: (torch.empty_like(y), _acc_vector(y)))
+                                lambda y, h, affine, scale, backend: (torch.empty_like(y), _acc_vector(y)))
 
 # every registered op by name (the tests run opcheck on each)
 OPS = {"channel_affine_fwd": channel_affine_fwd, "channel_affine_bwd": channel_affine_bwd,

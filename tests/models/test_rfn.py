@@ -6,6 +6,8 @@ import pytest
 import torch
 from _helpers import randomize_
 
+import flowkern
+
 from flowkern.models.rfn import CONFIGS, RFN, RFNConfig, elbo_bits_per_dim, gaussian_kl
 
 
@@ -110,12 +112,14 @@ def test_latent_overshooting_adds_multi_step_kl_terms():
         RFNConfig(overshooting=0)
 
 
-@pytest.mark.parametrize("extractor", ["vgg", "dcgan"])
-def test_reversible_levels_give_plain_autograds_gradients_in_float64(extractor):
+@pytest.mark.parametrize("extractor,coupling_scale", [("vgg", "sigmoid"), ("dcgan", "sigmoid"), ("vgg", "tanh")])
+def test_reversible_levels_give_plain_autograds_gradients_in_float64(extractor, coupling_scale):
     video = _clip()
     grads = {}
     for reversible in (False, True):
-        m = _model(reversible=reversible, extractor=extractor).train()
+        m = _model(reversible=reversible, extractor=extractor, coupling_scale=coupling_scale).train()
+        couplings = [mod for mod in m.modules() if isinstance(mod, flowkern.AffineCoupling)]
+        assert couplings and all(c.scale == coupling_scale for c in couplings)
         x = video.clone().requires_grad_(True)
         log_px, kl = m.elbo_terms(x, torch.Generator().manual_seed(5))
         (-(log_px - kl).mean()).backward()
@@ -139,6 +143,8 @@ def test_generate_warms_up_on_the_context_then_samples():
 def test_bad_configs_and_inputs_are_refused():
     with pytest.raises(ValueError, match="extractor must be one of"):
         RFNConfig(extractor="resnet")
+    with pytest.raises(ValueError, match="coupling_scale must be one of"):
+        RFNConfig(coupling_scale="exp")
     with pytest.raises(ValueError, match="multiple of 2 \\*\\* levels"):
         RFNConfig(image_size=20, levels=3)
     with pytest.raises(ValueError, match=r"expected a video of shape \(B, T >= 2, 1, 16, 16\)"):

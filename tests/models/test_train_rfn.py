@@ -64,3 +64,13 @@ def test_unmodellable_requests_are_refused(tmp_path, capsys):
         sample_cli.main(["--checkpoint", str(tmp_path / "b" / "checkpoint.pt"), "--out", str(tmp_path / "s"),
                          "--unconditional"])
     assert exc.value.code == 2 and "does not model a first frame" in capsys.readouterr().err
+
+
+def test_the_thesis_tanh_clamp_is_a_flag_that_rides_in_the_checkpoint(tmp_path, capsys):
+    ckpt = run(tmp_path / "t", 2, "--coupling-scale", "tanh")
+    assert ckpt["config"]["coupling_scale"] == "tanh"
+    model = train_cli.model_from_checkpoint(ckpt, "checkpoint.pt")
+    assert {m.scale for m in model.modules() if hasattr(m, "s_shift")} == {"tanh"}
+    with pytest.raises(SystemExit) as exc:  # a resume may not change the architecture
+        run(tmp_path / "t", 4, "--coupling-scale", "sigmoid", "--resume")
+    assert exc.value.code == 2 and "--coupling-scale tanh in the checkpoint, sigmoid now" in capsys.readouterr().err

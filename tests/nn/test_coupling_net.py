@@ -33,10 +33,10 @@ def test_actnorm_network_layout_and_zero_output_at_init():
     assert not net(torch.randn(2, 3, 5, 5)).any()
 
 
-@pytest.mark.parametrize("net", ["gatu", "actnorm"])
-def test_steps_invert_and_reversible_gradients_equal_plain_float64(net):
-    plain = random_level(6, 3, ctx=2, reversible=False, net=net)
-    rev = random_level(6, 3, ctx=2, reversible=True, net=net)
+@pytest.mark.parametrize("net,scale", [("gatu", "sigmoid"), ("actnorm", "sigmoid"), ("actnorm", "tanh")])
+def test_steps_invert_and_reversible_gradients_equal_plain_float64(net, scale):
+    plain = random_level(6, 3, ctx=2, reversible=False, net=net, scale=scale)
+    rev = random_level(6, 3, ctx=2, reversible=True, net=net, scale=scale)
     rev.load_state_dict(plain.state_dict())
     x = torch.randn(3, 6, 4, 6, dtype=torch.float64, requires_grad=True)
     ctx = torch.randn(3, 2, 4, 6, dtype=torch.float64)

@@ -21,17 +21,20 @@ def make(name, C, ctx=0):
         "invconv_lu": lambda: InvConv1x1LU(C),
         "coupling": lambda: AffineCoupling(C, hidden=8, context_channels=ctx),
         "coupling_additive": lambda: AffineCoupling(C, hidden=8, context_channels=ctx, affine=False),
+        "coupling_tanh": lambda: AffineCoupling(C, hidden=8, context_channels=ctx, scale="tanh"),
         "flowstep": lambda: FlowStep(C, hidden=8, context_channels=ctx),
         "flowstep_plain": lambda: FlowStep(C, hidden=8, context_channels=ctx, lu=False),
+        "flowstep_tanh": lambda: FlowStep(C, hidden=8, context_channels=ctx, scale="tanh"),
         "squeeze": lambda: Squeeze2d(),
         "split": lambda: Split(C, context_channels=ctx),
         "top": lambda: TopPrior(C, context_channels=ctx),
     }[name]()
 
 
-MODULES = ["actnorm", "invconv", "invconv_lu", "coupling", "coupling_additive", "flowstep", "flowstep_plain",
-           "squeeze", "split", "top"]
-CONDITIONAL = {"coupling", "coupling_additive", "flowstep", "flowstep_plain", "split", "top"}
+MODULES = ["actnorm", "invconv", "invconv_lu", "coupling", "coupling_additive", "coupling_tanh", "flowstep",
+           "flowstep_plain", "flowstep_tanh", "squeeze", "split", "top"]
+CONDITIONAL = {"coupling", "coupling_additive", "coupling_tanh", "flowstep", "flowstep_plain", "flowstep_tanh", "split",
+               "top"}
 
 
 def build(name, C, dtype, ctx=0):
@@ -82,7 +85,7 @@ def test_logdet_matches_jacobian(backend, name, C):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("name", ["actnorm", "invconv", "invconv_lu", "coupling", "coupling_additive",
-                                  "flowstep", "split", "top"])
+                                  "coupling_tanh", "flowstep", "split", "top"])
 def test_gradcheck_float64(backend, name):
     """Gradients of (y, logdet) w.r.t. the input, the context and every parameter, in float64."""
     flowkern.set_backend(backend)
@@ -431,3 +434,23 @@ def test_softplus_prior_scale_starts_as_exp_inverts_and_is_softplus(conditional)
         Split(6, scale="sigmoid")
     glow = flowkern.Glow(3, 2, 1, 8, prior_scale="softplus")
     assert glow.top.scale == "softplus" and all(s.scale == "softplus" for s in glow.splits)
+
+
+def test_the_tanh_clamp_bounds_log_s_by_learned_scale_and_shift():
+    """scale="tanh": log s = s_scale * tanh(h_s) + s_shift per channel, so a huge h_s saturates at s_scale + s_shift;
+    s = 1 at init (zero-initialised network, s_scale 1, s_shift 0), where Glow's sigmoid gives sigmoid(2)."""
+    m = AffineCoupling(4, hidden=8, scale="tanh").double()
+    x = torch.randn(2, 4, 3, 3, dtype=torch.float64)
+    y, ld = m(x)
+    assert torch.equal(y, x) and not ld.any()
+    with torch.no_grad():
+        m.nn[-1].conv.bias.fill_(1e6)  # h_s = 1e6 * exp(3 * logs): tanh saturates at 1
+        m.s_scale.copy_(torch.tensor([0.5, 2.0]).view(2, 1, 1))
+        m.s_shift.copy_(torch.tensor([-1.0, 0.25]).view(2, 1, 1))
+    y, ld = m(x)
+    log_s = torch.tensor([-0.5, 2.25], dtype=torch.float64).view(1, 2, 1, 1)
+    torch.testing.assert_close(y[:, 2:], (x[:, 2:] + m._h(x[:, :2], None)[:, :2]) * log_s.exp())
+    torch.testing.assert_close(ld, torch.full((2,), 9 * (-0.5 + 2.25), dtype=torch.float64))
+    assert "scale='tanh'" in repr(m)
+    with pytest.raises(ValueError, match=r"scale must be one of \('sigmoid', 'tanh'\), got 'exp'"):
+        AffineCoupling(4, scale="exp")

@@ -6,17 +6,22 @@ from _helpers import OP_SHAPES, check_close, grads, kernel_backends, op_cases, r
 from flowkern import ops
 
 
+# the coupling's kinds: Glow's sigmoid scale, the exp scale of a given log-scale, additive
+KINDS = pytest.mark.parametrize("affine,scale", [(True, "sigmoid"), (True, "exp"), (False, "sigmoid")],
+                                ids=["affine", "affine-exp", "additive"])
+
+
 @pytest.mark.parametrize("backend,device,dtype", list(op_cases()))
 @pytest.mark.parametrize("shape", OP_SHAPES, ids=lambda s: "x".join(map(str, s)))
-@pytest.mark.parametrize("affine", [True, False], ids=["affine", "additive"])
-def test_affine_coupling_fwd_inv_bwd(backend, device, dtype, shape, affine):
+@KINDS
+def test_affine_coupling_fwd_inv_bwd(backend, device, dtype, shape, affine, scale):
     B, C, H, W = shape
     cb = C - C // 2
     x = rand(*shape, dtype=dtype, device=device, requires_grad=True)
     h = rand(B, 2 * cb if affine else cb, H, W, dtype=dtype, device=device, requires_grad=True)
-    y, ld = run_with(backend, lambda: ops.affine_coupling(x, h, affine))
+    y, ld = run_with(backend, lambda: ops.affine_coupling(x, h, affine, scale))
     x64, h64 = (t.detach().double().requires_grad_(True) for t in (x, h))
-    y_ref, ld_ref = ops.affine_coupling_ref(x64, h64, affine)
+    y_ref, ld_ref = ops.affine_coupling_ref(x64, h64, affine, scale)
     check_close(y, y_ref, dtype, "y")
     assert ld.shape == (B,) and ld.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
     if affine:
@@ -25,16 +30,16 @@ def test_affine_coupling_fwd_inv_bwd(backend, device, dtype, shape, affine):
         assert torch.count_nonzero(ld) == 0
 
     R = [torch.randn(y.shape, dtype=torch.float64, device=device), torch.randn(B, dtype=torch.float64, device=device)]
-    g = grads(lambda: run_with(backend, lambda: ops.affine_coupling(x, h, affine)), [x, h], R)
-    g_ref = grads(lambda: ops.affine_coupling_ref(x64, h64, affine), [x64, h64], R)
+    g = grads(lambda: run_with(backend, lambda: ops.affine_coupling(x, h, affine, scale)), [x, h], R)
+    g_ref = grads(lambda: ops.affine_coupling_ref(x64, h64, affine, scale), [x64, h64], R)
     check_close(g[0], g_ref[0], dtype, "dx")
     check_close(g[1], g_ref[1], dtype, "dh")
 
     # inverse, and its (torch-formula) gradient
     yd = y.detach().requires_grad_(True)
-    x2, ld2 = run_with(backend, lambda: ops.affine_coupling_inverse(yd, h, affine))
+    x2, ld2 = run_with(backend, lambda: ops.affine_coupling_inverse(yd, h, affine, scale))
     y64 = y_ref.detach().requires_grad_(True)
-    x2_ref, ld2_ref = ops.affine_coupling_inverse_ref(y64, h64, affine)
+    x2_ref, ld2_ref = ops.affine_coupling_inverse_ref(y64, h64, affine, scale)
     check_close(x2, x2_ref, dtype, "inverse")
     if affine:
         check_close(ld2, ld2_ref, torch.float32 if dtype != torch.float64 else dtype, "inverse logdet")
@@ -57,19 +62,37 @@ def test_coupling_extreme_scales_stay_finite(backend, device):
 
 
 @pytest.mark.parametrize("backend,device,dtype", list(op_cases()))
-@pytest.mark.parametrize("affine", [True, False], ids=["affine", "additive"])
-def test_affine_coupling_backward_from_the_output(backend, device, dtype, affine):
+@KINDS
+def test_affine_coupling_backward_from_the_output(backend, device, dtype, affine, scale):
     """ops.affine_coupling_backward(y, h, dy, dlogdet) gives the reference's input gradients without x."""
     B, C, H, W = 2, 5, 3, 4
     cb = C - C // 2
     x64 = rand(B, C, H, W, dtype=torch.float64, device=device, requires_grad=True)
     h64 = rand(B, 2 * cb if affine else cb, H, W, dtype=torch.float64, device=device, requires_grad=True)
     dy, dld = rand(B, C, H, W, dtype=torch.float64, device=device), rand(B, dtype=torch.float64, device=device)
-    y64, ld64 = ops.affine_coupling_ref(x64, h64, affine)
+    y64, ld64 = ops.affine_coupling_ref(x64, h64, affine, scale)
     outs = [(y64, dy)] + ([(ld64, dld)] if affine else [])  # the additive logdet is a constant 0
     dx_ref, dh_ref = torch.autograd.grad([o for o, _ in outs], [x64, h64], [g for _, g in outs])
     y, h = y64.detach().to(dtype), h64.detach().to(dtype)
-    dx, dh = run_with(backend, lambda: ops.affine_coupling_backward(y, h, dy.to(dtype), dld, affine))
+    dx, dh = run_with(backend, lambda: ops.affine_coupling_backward(y, h, dy.to(dtype), dld, affine, scale))
     assert dx.dtype == dh.dtype == dtype
     check_close(dx, dx_ref, dtype, "dx")
     check_close(dh, dh_ref, dtype, "dh")
+
+
+def test_the_exp_scale_reference_is_its_definition():
+    """scale="exp": y_b = (x_b + h_t) exp(h_s), logdet = sum h_s, written out here independently of the op file."""
+    x, h = torch.randn(2, 5, 3, 4, dtype=torch.float64), torch.randn(2, 6, 3, 4, dtype=torch.float64)
+    y, ld = ops.affine_coupling_ref(x, h, True, "exp")
+    assert torch.equal(y[:, :2], x[:, :2])
+    torch.testing.assert_close(y[:, 2:], (x[:, 2:] + h[:, :3]) * h[:, 3:].exp())
+    torch.testing.assert_close(ld, h[:, 3:].sum(dim=(1, 2, 3)))
+    x2, ld2 = ops.affine_coupling_inverse_ref(y, h, True, "exp")
+    torch.testing.assert_close(x2, x)
+    torch.testing.assert_close(ld2, -ld)
+
+
+@pytest.mark.parametrize("op", [ops.affine_coupling, ops.affine_coupling_inverse])
+def test_an_unknown_scale_is_refused_by_name(op):
+    with pytest.raises(ValueError, match="scale must be one of"):
+        op(torch.randn(2, 4, 3, 3), torch.randn(2, 4, 3, 3), True, "tanh")

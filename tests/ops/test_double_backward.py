@@ -16,7 +16,7 @@ def _inputs(device, *shapes):
 
 @pytest.mark.parametrize("backend,device", CPU_BACKENDS)
 @pytest.mark.parametrize("op", ["channel_affine", "actnorm_invconv", "affine_coupling", "affine_coupling_inverse",
-                                "additive_coupling"])
+                                "additive_coupling", "exp_scale_coupling"])
 def test_gradgradcheck(backend, device, op):
     if op == "channel_affine":
         args = _inputs(device, (2, 3, 3, 4), (3, 3), (3,))
@@ -29,7 +29,8 @@ def test_gradgradcheck(backend, device, op):
         affine = op != "additive_coupling"
         args = _inputs(device, (2, 5, 3, 2), (2, 6 if affine else 3, 3, 2))
         fwd = ops.affine_coupling_inverse if op == "affine_coupling_inverse" else ops.affine_coupling
-        fn = lambda x, h: fwd(x, h, affine)  # noqa: E731
+        scale = "exp" if op == "exp_scale_coupling" else "sigmoid"
+        fn = lambda x, h: fwd(x, h, affine, scale)  # noqa: E731
     with flowkern.use_backend(backend):
         assert torch.autograd.gradgradcheck(fn, args)
 

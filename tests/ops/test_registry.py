@@ -15,14 +15,20 @@ def _opcheck_args(name):
     dld = torch.randn(2, dtype=torch.float64)
     return {"channel_affine_fwd": (x, A, c, "cpu"),
             "channel_affine_bwd": (x.detach(), dy, A.detach(), "cpu"),
-            "affine_coupling_fwd": (x, h, True, "cpu"),
-            "affine_coupling_inv": (x, h, True, "cpu"),
-            "affine_coupling_bwd": (x.detach(), h.detach(), dy, dld, True, "cpu")}[name]
+            "affine_coupling_fwd": (x, h, True, "sigmoid", "cpu"),
+            "affine_coupling_inv": (x, h, True, "sigmoid", "cpu"),
+            "affine_coupling_bwd": (x.detach(), h.detach(), dy, dld, True, "sigmoid", "cpu")}[name]
 
 
 @pytest.mark.parametrize("name", sorted(registry.OPS))
 def test_every_registered_op_passes_opcheck(name):
     torch.library.opcheck(registry.OPS[name], _opcheck_args(name))
+
+
+@pytest.mark.parametrize("name", ["affine_coupling_fwd", "affine_coupling_inv", "affine_coupling_bwd"])
+def test_the_exp_scale_coupling_passes_opcheck(name):
+    args = tuple("exp" if a == "sigmoid" else a for a in _opcheck_args(name))
+    torch.library.opcheck(registry.OPS[name], args)
 
 
 def test_every_kernel_has_a_registered_op():
