@@ -79,7 +79,8 @@ def main(argv=None):
                    help="leave glibc malloc as it is (by default the CPU run keeps freed memory, see "
                         "flowkern.memory.keep_freed_cpu_memory)")
     p.add_argument("--only", nargs="*", default=None,
-                   choices=["ops", "train", "depth", "clip", "large", "data", "compat", "roofline", "resources"])
+                   choices=["ops", "train", "depth", "clip", "rfn", "large", "data", "compat", "roofline",
+                            "resources"])
     args = p.parse_args(argv)
 
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
@@ -101,7 +102,7 @@ def main(argv=None):
         env["copy_bandwidth_GBps"] = bandwidth / 1e9
     budget = args.memory_budget * 10**9 if args.memory_budget else default_budget(device)
     compile_baseline = not args.no_compile and suite != "smoke"
-    want = set(args.only or ["ops", "train", "depth", "clip", "large", "data", "compat", "roofline"])
+    want = set(args.only or ["ops", "train", "depth", "clip", "rfn", "large", "data", "compat", "roofline"])
     print(f"flowkern benchmarks: {env['device']} | torch {env['torch']} | triton {env['triton']} | suite {suite}",
           flush=True)
 
@@ -113,7 +114,7 @@ def main(argv=None):
 
     sections = {}
     total = (len(OP_BENCHMARKS) * fused_op_bench.count(device, suite) if "ops" in want else 0) + (
-        bench_models.count(suite) if "train" in want else 0) + len({"depth", "clip", "large"} & want) + (
+        bench_models.count(suite) if "train" in want else 0) + len({"depth", "clip", "rfn", "large"} & want) + (
         bench_video_data.count(suite) if "data" in want else 0) + (bench_compat.count(suite) if "compat" in want else 0)
     with tqdm(total=total, desc="benchmarks", unit="case") as bar:
         if "ops" in want:
@@ -129,9 +130,11 @@ def main(argv=None):
         if "clip" in want:
             sections[PER_FRAME] = bench_memory.videoflow_per_frame(device, suite)
             sections[CGLOW_PER_FRAME] = bench_memory.cglow_per_frame(device, suite)
-            sections[RFN_CHECK], sections[RFN_PLAN] = bench_memory.rfn_memory(device, suite)
             sections[BAIR], sections[PLAN], sections[CHECK] = bench_memory.videoflow_bair_estimate(
                 device, suite, budget)
+            bar.update(1)
+        if "rfn" in want:
+            sections[RFN_CHECK], sections[RFN_PLAN] = bench_memory.rfn_memory(device, suite)
             bar.update(1)
         if "large" in want:
             rows = bench_memory.large_image(device, suite)
