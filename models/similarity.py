@@ -1,5 +1,7 @@
-"""How close predicted frames come to the truth: PSNR, SSIM and their best of N samples, against copying the last
-given frame (the baseline a video predictor must beat).
+"""How close predicted frames come to the truth: PSNR, SSIM and their best of N samples, against two predictors
+that know nothing of motion: copying the last given frame, and a flat frame at the last given frame's mean per
+channel. On sparse frames (digits on black) the flat frame beats the copy, whose object is in the wrong place: a
+predictor must beat both.
 
 Frames are compared as uint8 pictures scaled to [0, 1] (what the model's samples become when saved). SSIM is
 scikit-image's (Gaussian window of sigma 1.5, the population covariance: Wang et al. 2004's settings).
@@ -33,9 +35,9 @@ def _pictures(frames: torch.Tensor, n_bits: int) -> np.ndarray:
 @torch.no_grad()
 def best_of_n(model, clips: torch.Tensor, context: int, n: int, temperature: float, seed: int = 0) -> Dict:
     """Continue uint8 clips (B, T, C, H, W) from their first `context` frames n times; per predicted step, the mean
-    over clips of the best PSNR and the best SSIM among the n samples (each measure's own best), and of copying the
-    last given frame. Returns {"psnr": [..], "ssim": [..], "copy_psnr": [..], "copy_ssim": [..]} of T - context
-    values each."""
+    over clips of the best PSNR and the best SSIM among the n samples (each measure's own best), of copying the last
+    given frame, and of a flat frame at its mean. Returns {"psnr", "ssim", "copy_psnr", "copy_ssim", "flat_psnr",
+    "flat_ssim"}, lists of T - context values each."""
     import flowkern
     device = next(model.parameters()).device
     n_bits = model.cfg.n_bits
@@ -52,11 +54,14 @@ def best_of_n(model, clips: torch.Tensor, context: int, n: int, temperature: flo
             for k in range(horizon):
                 best_psnr[i, k] = max(best_psnr[i, k], psnr(pred[k], truth[i][context + k]))
                 best_ssim[i, k] = max(best_ssim[i, k], ssim(pred[k], truth[i][context + k]))
-    copy = [[(psnr(t[context - 1], t[context + k]), ssim(t[context - 1], t[context + k])) for k in range(horizon)]
-            for t in truth]
-    copy = np.array(copy)  # (B, horizon, 2)
-    return {"psnr": _finite_mean(best_psnr), "ssim": best_ssim.mean(0).tolist(),
-            "copy_psnr": _finite_mean(copy[..., 0]), "copy_ssim": copy[..., 1].mean(0).tolist()}
+    out = {"psnr": _finite_mean(best_psnr), "ssim": best_ssim.mean(0).tolist()}
+    for name, guess in (("copy", lambda t: t[context - 1]),
+                        ("flat", lambda t: np.broadcast_to(t[context - 1].mean(axis=(1, 2), keepdims=True),
+                                                           t[context - 1].shape))):
+        scores = np.array([[(psnr(guess(t), t[context + k]), ssim(np.ascontiguousarray(guess(t)), t[context + k]))
+                            for k in range(horizon)] for t in truth])  # (B, horizon, 2)
+        out[f"{name}_psnr"], out[f"{name}_ssim"] = _finite_mean(scores[..., 0]), scores[..., 1].mean(0).tolist()
+    return out
 
 
 def _finite_mean(values: np.ndarray) -> Sequence[float]:
