@@ -10,6 +10,7 @@ import json
 import os
 import re
 import sys
+import time
 
 import torch
 from tqdm import tqdm
@@ -113,6 +114,12 @@ def main(argv=None):
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
 
     sections = {}
+    took, clock = {}, [time.perf_counter()]
+
+    def lap(part):  # the wall time of each part: the README's run-time claim comes from here
+        now = time.perf_counter()
+        took[part], clock[0] = now - clock[0], now
+
     total = (len(OP_BENCHMARKS) * fused_op_bench.count(device, suite) if "ops" in want else 0) + (
         bench_models.count(suite) if "train" in want else 0) + len({"depth", "clip", "rfn", "large"} & want) + (
         bench_video_data.count(suite) if "data" in want else 0) + (bench_compat.count(suite) if "compat" in want else 0)
@@ -120,22 +127,27 @@ def main(argv=None):
         if "ops" in want:
             sections["Fused ops"] = [row for bench in OP_BENCHMARKS for row in bench.run(
                 device, timer, suite=suite, compile_baseline=compile_baseline, progress=bar, bandwidth=bandwidth)]
+            lap("ops")
         if "train" in want:
             sections["Training step (FlowStep / Glow level, VideoFlow-BAIR sizes)"] = list(
                 bench_models.run(device, timer, suite, compile_baseline, bar))
+            lap("train")
         if "depth" in want:
             sections[DEPTH] = bench_memory.memory_vs_depth(device, suite)
             sections[GLOW_DEPTH] = bench_memory.glow_vs_depth(device, suite)
             bar.update(1)
+            lap("depth")
         if "clip" in want:
             sections[PER_FRAME] = bench_memory.videoflow_per_frame(device, suite)
             sections[CGLOW_PER_FRAME] = bench_memory.cglow_per_frame(device, suite)
             sections[BAIR], sections[PLAN], sections[CHECK] = bench_memory.videoflow_bair_estimate(
                 device, suite, budget)
             bar.update(1)
+            lap("clip")
         if "rfn" in want:
             sections[RFN_CHECK], sections[RFN_PLAN] = bench_memory.rfn_memory(device, suite)
             bar.update(1)
+            lap("rfn")
         if "large" in want:
             rows = bench_memory.large_image(device, suite)
             if rows:
@@ -144,15 +156,21 @@ def main(argv=None):
             if rows:
                 sections["Glow 64x64, batch 64, L=3, K=32, hidden 512"] = rows
             bar.update(1)
+            lap("large")
         if "data" in want:
             sections["Video loader (VideoFolder, mp4 clips)"] = bench_video_data.run(suite, progress=bar)
+            lap("data")
         if "compat" in want:  # each adapter against the code it stands in for; skipped where that is not installed
             for title, rows in bench_compat.sections(device, timer, suite, progress=bar):
                 sections[title] = rows
+            lap("compat")
     if "roofline" in want:  # a model, no timing: costs nothing, so every suite has it
         sections[ROOFLINE] = roofline.run()
+        lap("roofline")
     if "resources" in (args.only or ([] if suite == "smoke" else ["resources"])):  # compiles: not in the smoke suite
         sections[RESOURCES] = bench_kernel_resources.run()
+        lap("resources")
+    env["run_seconds"] = took
 
     plots = []
     for title, key, columns, ylabel, fname, rows_of in (
@@ -175,6 +193,8 @@ def main(argv=None):
             f"torch {env['torch']}, triton {env['triton']}, CUDA {env['cuda']}, commit {env['git_commit']}, "
             f"{env['date']}, suite `{suite}`, {env['cpu_threads']} CPU threads. Times are medians of interleaved "
             "rounds; speedups = baseline time / flowkern time, measured in the same run. Memory: " + unit + "."]
+    text.append(f"Run time: {sum(took.values()) / 60:.1f} min (" +
+                ", ".join(f"{part} {s / 60:.1f}" for part, s in took.items()) + ").")
     if env.get("cpu_allocator"):
         text.append(f"CPU allocator: glibc malloc, {env['cpu_allocator']} (`--default-malloc` to leave it as is).")
     if bandwidth:
