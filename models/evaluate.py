@@ -97,7 +97,8 @@ def report(r: dict) -> str:
         lines.append(f"temperature {t}, best of {r['best_of']}, predicted steps {steps.start}..{steps.stop - 1}: "
                      f"PSNR {row(v['psnr'], '.2f')} (copying the last frame: {row(v['copy_psnr'], '.2f')}; a flat "
                      f"frame at its mean: {row(v['flat_psnr'], '.2f')}); SSIM {row(v['ssim'], '.3f')} (copy: "
-                     f"{row(v['copy_ssim'], '.3f')}; flat: {row(v['flat_ssim'], '.3f')})")
+                     f"{row(v['copy_ssim'], '.3f')}; flat: {row(v['flat_ssim'], '.3f')}); sampled frames not "
+                     f"finite: {row(v['diverged'], '.3f')}")
     if "likelihood_motion" in r:
         m = r["likelihood_motion"]
         lines.append(f"likelihood motion tests: bits/pixel of the next frame true {m['bpp_true']:.4f}, reversed "

@@ -1,7 +1,8 @@
 """How close predicted frames come to the truth: PSNR, SSIM and their best of N samples, against two predictors
 that know nothing of motion: copying the last given frame, and a flat frame at the last given frame's mean per
 channel. On sparse frames (digits on black) the flat frame beats the copy, whose object is in the wrong place: a
-predictor must beat both.
+predictor must beat both. A sampled frame that is not finite (the flow's inverse diverged) scores the worst: PSNR 0 dB
+(an error of the whole range everywhere), SSIM 0; the share of such frames is reported.
 
 Frames are compared as uint8 pictures scaled to [0, 1] (what the model's samples become when saved). SSIM is
 scikit-image's (Gaussian window of sigma 1.5, the population covariance: Wang et al. 2004's settings).
@@ -37,7 +38,8 @@ def best_of_n(model, clips: torch.Tensor, context: int, n: int, temperature: flo
     """Continue uint8 clips (B, T, C, H, W) from their first `context` frames n times; per predicted step, the mean
     over clips of the best PSNR and the best SSIM among the n samples (each measure's own best), of copying the last
     given frame, and of a flat frame at its mean. Returns {"psnr", "ssim", "copy_psnr", "copy_ssim", "flat_psnr",
-    "flat_ssim"}, lists of T - context values each."""
+    "flat_ssim", "diverged"}, lists of T - context values each ("diverged": the share of sampled frames that were
+    not finite)."""
     import flowkern
     device = next(model.parameters()).device
     n_bits = model.cfg.n_bits
@@ -47,14 +49,19 @@ def best_of_n(model, clips: torch.Tensor, context: int, n: int, temperature: flo
     g = torch.Generator(device=device).manual_seed(seed)
     best_psnr = np.full((len(clips), horizon), -np.inf)
     best_ssim = np.full((len(clips), horizon), -np.inf)
+    diverged = np.zeros(horizon)
     for _ in range(n):
         video = model.generate(given, horizon, temperature, generator=g)
+        finite = torch.isfinite(video[:, context:]).flatten(2).all(2).cpu().numpy()  # (B, horizon)
+        diverged += (~finite).sum(0)
         for i, v in enumerate(video):
             pred = _pictures(v[context:].cpu(), n_bits)
             for k in range(horizon):
-                best_psnr[i, k] = max(best_psnr[i, k], psnr(pred[k], truth[i][context + k]))
-                best_ssim[i, k] = max(best_ssim[i, k], ssim(pred[k], truth[i][context + k]))
-    out = {"psnr": _finite_mean(best_psnr), "ssim": best_ssim.mean(0).tolist()}
+                p, q = (psnr(pred[k], truth[i][context + k]), ssim(pred[k], truth[i][context + k])) if finite[i, k] \
+                    else (0.0, 0.0)
+                best_psnr[i, k], best_ssim[i, k] = max(best_psnr[i, k], p), max(best_ssim[i, k], q)
+    out = {"psnr": _finite_mean(best_psnr), "ssim": best_ssim.mean(0).tolist(),
+           "diverged": (diverged / (n * len(clips))).tolist()}
     for name, guess in (("copy", lambda t: t[context - 1]),
                         ("flat", lambda t: np.broadcast_to(t[context - 1].mean(axis=(1, 2), keepdims=True),
                                                            t[context - 1].shape))):

@@ -22,18 +22,21 @@ def test_psnr_on_a_hand_computed_case_and_ssim_bounds():
 
 
 class Oracle(torch.nn.Module):
-    """A 'model' whose every sample is the true clip, or (blank=True) black frames."""
+    """A 'model' whose every sample is the true clip, or (blank=True) black frames; diverge=True puts a NaN in the
+    first clip's last frame, as a flow whose inverse diverged."""
 
-    def __init__(self, clips, blank=False):
+    def __init__(self, clips, blank=False, diverge=False):
         super().__init__()
         self.w = torch.nn.Parameter(torch.zeros(()))
         self.cfg = SimpleNamespace(n_bits=8)
-        self.truth, self.blank = flowkern.preprocess(clips, 8, noise=False), blank
+        self.truth, self.blank, self.diverge = flowkern.preprocess(clips, 8, noise=False), blank, diverge
 
     def generate(self, context, num_frames, temperature, generator=None):
         out = self.truth.clone()
         if self.blank:
             out[:, context.shape[1]:] = -0.5
+        if self.diverge:  # the first clip's last frame
+            out[0, -1, 0, 0, 0] = float("nan")
         return out
 
 
@@ -57,3 +60,12 @@ def test_the_flat_baseline_is_the_last_frames_mean_and_beats_copying_moving_digi
     assert r["flat_psnr"][0] == pytest.approx(np.mean([psnr(f, t) for f, t in zip(flat, truth)]))
     assert r["flat_ssim"][0] == pytest.approx(np.mean([ssim(f, t) for f, t in zip(flat, truth)]))
     assert all(f > c for f, c in zip(r["flat_psnr"], r["copy_psnr"]))
+
+
+def test_a_diverged_sample_scores_the_worst_and_is_counted():
+    """A NaN frame must not pass for a black one (a uint8 cast of NaN): it scores PSNR 0 dB and SSIM 0."""
+    clips = torch.stack([StochasticMovingDigits(2, frames=5, size=32, glyph_size=14, seed=1)[i] for i in range(2)])
+    r = best_of_n(Oracle(clips, diverge=True), clips, context=2, n=1, temperature=1.0)
+    assert r["diverged"] == [0.0, 0.0, 0.5]
+    assert r["psnr"][:2] == [100.0, 100.0] and r["psnr"][2] == pytest.approx(50.0)  # (0 + 100) / 2
+    assert r["ssim"][2] == pytest.approx(0.5)
