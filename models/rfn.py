@@ -301,7 +301,8 @@ class RFN(nn.Module):
                  batch_size: Optional[int] = None, generator: Optional[torch.Generator] = None) -> torch.Tensor:
         """Continue `context` (B, c >= 1, C, H, W) in [-0.5, 0.5] by num_frames frames: the context's latents from
         the posterior (the warm-up), then z_t from the prior and x_t from the flow, whose base distribution and split
-        priors have their std scaled by temperature. Returns (B, c + num_frames, C, H, W)."""
+        priors have their std scaled by temperature. Each sampled frame conditions the next clamped to [-0.5, 0.5].
+        Returns (B, c + num_frames, C, H, W), the frames as sampled."""
         if context is None:
             raise ValueError("RFN.generate: needs at least one context frame (the first frame is not modelled)")
         self._check(context, min_frames=1)
@@ -319,7 +320,9 @@ class RFN(nn.Module):
             z = mp + sp * self._noise(mp, generator)
             x = self.flow.sample(context.shape[0], temperature, self.conditioner(h, z, feats_prev), size, generator)
             frames.append(x)
-            feats_prev = self.extractor(x)
+            # the next step reads the frame as a picture (the data's range), as training always did: a sample's
+            # few far-out values would otherwise feed back and grow frame by frame
+            feats_prev = self.extractor(x.clamp(-0.5, 0.5))
         return warn_if_diverged(torch.stack(frames, 1), "RFN")
 
     @torch.no_grad()

@@ -140,6 +140,17 @@ def test_generate_warms_up_on_the_context_then_samples():
         m.generate(None, 2)
 
 
+def test_generate_feeds_each_sampled_frame_back_as_a_picture():
+    """A sample's far-out values (an inverse flow that expands) must not feed the next step: the extractor sees the
+    frame clamped to the data's range; the returned frames are the samples as drawn."""
+    m = _model().eval()
+    seen = []
+    m.extractor.register_forward_pre_hook(lambda mod, args: seen.append(args[0].abs().max().item()))
+    m.flow.sample = lambda n, t, ctx, size, g: 100 * torch.ones(n, 1, *size, dtype=torch.float64)
+    video = m.generate(_clip(T=2), 3, 0.7, generator=torch.Generator().manual_seed(0))
+    assert (video[:, 2:] == 100).all() and max(seen) <= 0.5
+
+
 def test_bad_configs_and_inputs_are_refused():
     with pytest.raises(ValueError, match="extractor must be one of"):
         RFNConfig(extractor="resnet")
