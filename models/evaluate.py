@@ -55,7 +55,7 @@ def parser():
     p.add_argument("--best-of", type=nonnegative_int, default=0,
                    help="predict the frames after the first --context ones N times per clip and report, per step, the "
                         "best PSNR and SSIM against the truth beside copying the last given frame and a flat frame at its "
-                        "mean (0: skip)")
+                        "median (0: skip)")
     p.add_argument("--untrained", action="store_true",
                    help="evaluate a freshly initialised model of the checkpoint's config, not its weights")
     p.add_argument("--json", default=None, help="also write the numbers to this file")
@@ -96,7 +96,7 @@ def report(r: dict) -> str:
             return " ".join(format(x, fmt) for x in values)
         lines.append(f"temperature {t}, best of {r['best_of']}, predicted steps {steps.start}..{steps.stop - 1}: "
                      f"PSNR {row(v['psnr'], '.2f')} (copying the last frame: {row(v['copy_psnr'], '.2f')}; a flat "
-                     f"frame at its mean: {row(v['flat_psnr'], '.2f')}); SSIM {row(v['ssim'], '.3f')} (copy: "
+                     f"frame at its median: {row(v['flat_psnr'], '.2f')}); SSIM {row(v['ssim'], '.3f')} (copy: "
                      f"{row(v['copy_ssim'], '.3f')}; flat: {row(v['flat_ssim'], '.3f')}); sampled frames not "
                      f"finite: {row(v['diverged'], '.3f')}")
     if "likelihood_motion" in r:

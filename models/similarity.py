@@ -1,7 +1,7 @@
 """How close predicted frames come to the truth: PSNR, SSIM and their best of N samples, against two predictors
-that know nothing of motion: copying the last given frame, and a flat frame at the last given frame's mean per
-channel. On sparse frames (digits on black) the flat frame beats the copy, whose object is in the wrong place: a
-predictor must beat both. A sampled frame that is not finite (the flow's inverse diverged) scores the worst: PSNR 0 dB
+that know nothing of motion: copying the last given frame, and a flat frame at the last given frame's median per
+channel (its background, where the background is most of the frame). On sparse frames (digits on black) the flat
+frame beats the copy, whose object is in the wrong place: a predictor must beat both. A sampled frame that is not finite (the flow's inverse diverged) scores the worst: PSNR 0 dB
 (an error of the whole range everywhere), SSIM 0; the share of such frames is reported.
 
 Frames are compared as uint8 pictures scaled to [0, 1] (what the model's samples become when saved). SSIM is
@@ -37,7 +37,7 @@ def _pictures(frames: torch.Tensor, n_bits: int) -> np.ndarray:
 def best_of_n(model, clips: torch.Tensor, context: int, n: int, temperature: float, seed: int = 0) -> Dict:
     """Continue uint8 clips (B, T, C, H, W) from their first `context` frames n times; per predicted step, the mean
     over clips of the best PSNR and the best SSIM among the n samples (each measure's own best), of copying the last
-    given frame, and of a flat frame at its mean. Returns {"psnr", "ssim", "copy_psnr", "copy_ssim", "flat_psnr",
+    given frame, and of a flat frame at its median. Returns {"psnr", "ssim", "copy_psnr", "copy_ssim", "flat_psnr",
     "flat_ssim", "diverged"}, lists of T - context values each ("diverged": the share of sampled frames that were
     not finite)."""
     import flowkern
@@ -63,7 +63,7 @@ def best_of_n(model, clips: torch.Tensor, context: int, n: int, temperature: flo
     out = {"psnr": _finite_mean(best_psnr), "ssim": best_ssim.mean(0).tolist(),
            "diverged": (diverged / (n * len(clips))).tolist()}
     for name, guess in (("copy", lambda t: t[context - 1]),
-                        ("flat", lambda t: np.broadcast_to(t[context - 1].mean(axis=(1, 2), keepdims=True),
+                        ("flat", lambda t: np.broadcast_to(np.median(t[context - 1], axis=(1, 2), keepdims=True),
                                                            t[context - 1].shape))):
         scores = np.array([[(psnr(guess(t), t[context + k]), ssim(np.ascontiguousarray(guess(t)), t[context + k]))
                             for k in range(horizon)] for t in truth])  # (B, horizon, 2)
