@@ -21,7 +21,7 @@ The thesis's options (section 3.5-3.6), each a switch of RFNConfig:
 - res_q (the residual posterior): q's mean is the prior's mean plus the posterior network's output;
 - overshooting D (latent overshooting): the KL of frame t averages D terms, the d-step prior of z_t rolled from the
   posterior's z_{t-d} through the prior (d = 1: the plain KL; d > 1 against a stopped-gradient posterior);
-- coupling_scale: the couplings' s = sigmoid(h + 2) (Glow's), or the thesis's clamp log s = s_scale tanh(h) + s_shift.
+- coupling_scale: the thesis's clamp log s = s_scale tanh(h) + s_shift (the default), or Glow's s = sigmoid(h + 2).
 Bits per dimension are the thesis's: (KL + NLL) / (ln 2 * C*H*W * (T - 1)) of the dequantized data, with the
 -D log(2^n_bits) constant (flowkern.bits_per_dim).
 """
@@ -52,7 +52,7 @@ class RFNConfig:
     affine: bool = True
     coupling_net: str = "actnorm"  # the thesis's conditioner: 3x3, 1x1 convs with ActNorm + ReLU, zero-init 3x3
     prior_scale: str = "softplus"  # the split priors' and base distribution's std: softplus (the thesis) or exp
-    coupling_scale: str = "sigmoid"  # the couplings' scale: Glow's sigmoid, or the thesis's learned tanh clamp
+    coupling_scale: str = "tanh"  # the couplings' scale: the thesis's learned tanh clamp, or Glow's sigmoid
     extractor: str = "vgg"
     base_width: int = 8  # extractor level l (1..L) has base_width * 2^l channels
     h_channels: int = 256

@@ -244,11 +244,15 @@ def load_checkpoint(path, map_location="cpu", required=TRAIN_KEYS):
 MODELS = {"videoflow": (VideoFlow, VideoFlowConfig), "cglow": (CGlow, CGlowConfig), "rfn": (RFN, RFNConfig)}
 
 
+# A config field a checkpoint predates takes the value the model had before the field existed, not today's default.
+FIELDS_ADDED = {"rfn": {"coupling_scale": "sigmoid"}}
+
+
 def config_from(d, model: str = "videoflow"):
     """The config of `model` from a checkpoint's plain dict."""
     cls = MODELS[model][1]
     fields = {f.name for f in dataclasses.fields(cls)}
-    d = {k: v for k, v in d.items() if k in fields}
+    d = {**FIELDS_ADDED.get(model, {}), **{k: v for k, v in d.items() if k in fields}}
     if "dilations" in d:
         d["dilations"] = tuple(d["dilations"])
     return cls(**d)
@@ -955,8 +959,8 @@ def parser():
     r.add_argument("--overshooting", type=positive_int, default=None,
                    help="override the config's value: latent overshooting over D steps (1: off)")
     r.add_argument("--coupling-scale", choices=COUPLING_SCALES, default=None,
-                   help="override the config's value: the affine couplings' scale, sigmoid (Glow) or tanh (the "
-                        "thesis: log s = s_scale * tanh(h) + s_shift, both learned)")
+                   help="override the config's value: the affine couplings' scale, tanh (the thesis's clamp, "
+                        "log s = s_scale * tanh(h) + s_shift, both learned; the default) or sigmoid (Glow's)")
     r.add_argument("--beta-start", type=unit_float, default=1e-7,
                    help="the KL's weight at step 0, raised linearly to 1 over --beta-steps (the thesis: 1e-7 to 1)")
     r.add_argument("--beta-steps", type=nonnegative_int, default=1000,

@@ -6,6 +6,7 @@ import os
 import pytest
 import torch
 
+from flowkern import AffineCoupling
 from flowkern.models import evaluate as evaluate_cli
 from flowkern.models import sample as sample_cli
 from flowkern.models import train as train_cli
@@ -66,11 +67,21 @@ def test_unmodellable_requests_are_refused(tmp_path, capsys):
     assert exc.value.code == 2 and "does not model a first frame" in capsys.readouterr().err
 
 
-def test_the_thesis_tanh_clamp_is_a_flag_that_rides_in_the_checkpoint(tmp_path, capsys):
-    ckpt = run(tmp_path / "t", 2, "--coupling-scale", "tanh")
+def test_the_coupling_scale_is_a_flag_that_rides_in_the_checkpoint(tmp_path, capsys):
+    ckpt = run(tmp_path / "t", 2)  # the thesis's tanh clamp by default
     assert ckpt["config"]["coupling_scale"] == "tanh"
     model = train_cli.model_from_checkpoint(ckpt, "checkpoint.pt")
-    assert {m.scale for m in model.modules() if hasattr(m, "s_shift")} == {"tanh"}
+    assert {m.scale for m in model.modules() if isinstance(m, AffineCoupling)} == {"tanh"}
     with pytest.raises(SystemExit) as exc:  # a resume may not change the architecture
         run(tmp_path / "t", 4, "--coupling-scale", "sigmoid", "--resume")
     assert exc.value.code == 2 and "--coupling-scale tanh in the checkpoint, sigmoid now" in capsys.readouterr().err
+    sig = run(tmp_path / "s", 2, "--coupling-scale", "sigmoid")
+    assert {m.scale for m in train_cli.model_from_checkpoint(sig, "checkpoint.pt").modules()
+            if isinstance(m, AffineCoupling)} == {"sigmoid"}
+
+
+def test_a_checkpoint_from_before_the_coupling_scale_loads_as_the_sigmoid_it_was(tmp_path):
+    ckpt = run(tmp_path / "s", 2, "--coupling-scale", "sigmoid")
+    del ckpt["config"]["coupling_scale"]  # as written before the field existed
+    model = train_cli.model_from_checkpoint(ckpt, "checkpoint.pt")
+    assert model.cfg.coupling_scale == "sigmoid"
