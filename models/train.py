@@ -282,7 +282,7 @@ FLAG_OF_FIELD = {"levels": "--levels", "steps": "--flow-steps", "hidden": "--hid
                  "n_bits": "--n-bits", "image_size": "--image-size", "recompute_chunk": "--recompute-chunk",
                  "skip": "--skip", "affine": "--coupling", "coupling_net": "--coupling-net",
                  "pad_context": "--pad-context", "prior_blocks": "--prior-blocks", "prior_hidden": "--prior-hidden",
-                 "prior_channels": "--prior-channels"}
+                 "prior_channels": "--prior-channels", "advect": "--advect"}
 CGLOW_FLAG_OF_FIELD = {"levels": "--levels", "steps": "--flow-steps", "hidden": "--hidden", "n_bits": "--n-bits",
                        "image_size": "--image-size", "affine": "--coupling", "variant": "--variant",
                        "state_channels": "--state-channels", "tbptt": "--tbptt", "num_labels": "--label (its classes)"}
@@ -303,8 +303,11 @@ def resolve_config(args):
                  "n_bits": args.n_bits, "image_size": args.image_size, "recompute_chunk": args.recompute_chunk,
                  "skip": args.skip, "affine": None if args.coupling is None else args.coupling == "affine",
                  "coupling_net": args.coupling_net, "pad_context": args.pad_context,
-                 "prior_blocks": args.prior_blocks, "prior_hidden": args.prior_hidden}
-    cfg = dataclasses.replace(CONFIGS[args.config], **{k: v for k, v in overrides.items() if v is not None})
+                 "prior_blocks": args.prior_blocks, "prior_hidden": args.prior_hidden, "advect": args.advect}
+    try:
+        cfg = dataclasses.replace(CONFIGS[args.config], **{k: v for k, v in overrides.items() if v is not None})
+    except ValueError as e:  # a combination the config refuses, e.g. --advect with --no-skip
+        raise UsageError(str(e)) from None
     if args.prior_channels is not None:  # "input" stands for None, the input's width
         cfg = dataclasses.replace(cfg, prior_channels=None if args.prior_channels == "input" else args.prior_channels)
     T = args.window or args.frames
@@ -819,6 +822,13 @@ unit_float = _float_check(lambda v: 0 <= v <= 1, "a number from 0 to 1")
 adam_beta = _float_check(lambda v: 0 <= v < 1, "a number in [0, 1)")
 
 
+def advect_size(text):
+    k = int(text)
+    if k < 0 or (k and k % 2 == 0):
+        raise argparse.ArgumentTypeError(f"expected 0 or an odd kernel size, got {text}")
+    return k
+
+
 def prior_width(text):
     if text == "input":
         return text
@@ -914,6 +924,9 @@ def parser():
     v.add_argument("--skip", action=argparse.BooleanOptionalAction, default=None,
                    help="override the config's latent skip (prior mean = previous latent + delta; the paper has it, "
                         "the reference code not)")
+    v.add_argument("--advect", type=advect_size, default=None,
+                   help="override the config's advection: 0 (off), or an odd K: the prior's mean moves the previous "
+                        "latent by a K x K kernel it predicts per clip (needs the latent skip)")
     v.add_argument("--pad-context", action=argparse.BooleanOptionalAction, default=None,
                    help="override the config's value: frames with fewer than --context previous latents use the "
                         "prior network over a zero-padded window (else the first-frame prior)")

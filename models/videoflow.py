@@ -7,13 +7,15 @@ autoregressive prior  p(z_t^(l) | z_<t^(l), z_t^(>l)) = N(mu, sigma):
   activation unit tanh * sigmoid of 1x1x1 convs; a zero-initialised last conv; parallel branches with spatial
   dilations 1, 2, 4 as the resolution allows, summed with the block input) runs over that window; its last time
   step goes through a zero-initialised 1x1 conv to (delta, log sigma), and mean = z_{t-1}^(l) + delta (temporal
-  skip connection).
+  skip connection); optionally (advect > 0, not in the paper) mean = K * z_{t-1}^(l) + delta, K a k x k kernel per
+  clip predicted from the same features.
 Frames with fewer than n previous latents use Glow's split prior p(z^(l) | h^(>l)) (a zero-initialised conv), and
 a learned per-channel prior at the top level.
 
 Memory: the flow is reversible, and the prior network is checkpointed per level and time step, so a training
 step's memory grows with the number of frames by roughly the size of the latents, not of the activations.
 """
+import math
 from dataclasses import asdict, dataclass
 from typing import List, Optional, Tuple
 
@@ -51,6 +53,10 @@ class VideoFlowConfig:
     # comes from the network that predicts the later frames
     pad_context: bool = False
     skip: bool = True  # temporal skip connection mean = z_{t-1} + delta (the paper); the reference code has it off
+    # advection (neither the paper nor the reference): with the skip, mean = K * z_{t-1} + delta, where K is a k x k
+    # kernel per clip and level (a softmax over its taps, pooled from the prior network's last features), so a move
+    # is a copy from a few latent pixels away rather than a regression of the new values; 0: off (the plain skip)
+    advect: int = 0
     cond_kernel: int = 1  # the conv taking h_t^(>l) into the prior: 1 (1x1), or 3 (the reference: zero-init 3x3)
     gated: bool = True  # gated activation unit (else ReLU)
     dilations: Tuple[int, ...] = (1, 2, 4)
@@ -63,6 +69,11 @@ class VideoFlowConfig:
     def first_conditioned(self) -> int:
         """The first frame the latent prior network predicts (VideoFlow.first_conditioned)."""
         return 1 if self.pad_context else self.context
+
+    def __post_init__(self):
+        if self.advect and (self.advect < 0 or self.advect % 2 == 0 or not self.skip):
+            raise ValueError(f"VideoFlowConfig: advect must be 0 (off) or an odd kernel size with skip=True, got "
+                             f"advect={self.advect}, skip={self.skip}")
 
 
 CONFIGS = {
@@ -87,6 +98,17 @@ CONFIGS = {
     "tiny": VideoFlowConfig(image_size=16, levels=2, steps=2, hidden=16, prior_blocks=1, prior_channels=8,
                             prior_hidden=8, context=2),
 }
+
+
+def advect(z: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+    """out[n, c, p] = sum_o kernel[n, o] z[n, c, p + o - k//2]: every channel of sample n filtered by its own k x k
+    kernel (N, k, k), with the border replicated (a latent's background is not zero)."""
+    N, C, H, W = z.shape
+    k = kernel.shape[-1]
+    r = k // 2
+    zp = F.pad(z, (r, r, r, r), mode="replicate").reshape(1, N * C, H + 2 * r, W + 2 * r)
+    w = kernel.to(z.dtype).repeat_interleave(C, 0).unsqueeze(1)  # (N*C, 1, k, k)
+    return F.conv2d(zp, w, groups=N * C).view(N, C, H, W)
 
 
 def gaussian_logp(z, mean, logs):
@@ -152,6 +174,22 @@ class LatentPrior(nn.Module):
         self.blocks = nn.Sequential(*[_ResBlock3d(width, cfg.prior_hidden, dilations, cfg.gated, taps)
                                       for _ in range(cfg.prior_blocks)])
         self.out = ZeroConv2d(width, 2 * latent_channels)
+        self.advect_logits = None
+        if cfg.advect:
+            k = min(cfg.advect, size - 1 + size % 2)  # odd, at most the level's size
+            self.advect_logits = nn.Conv2d(width, k * k, 1)
+            nn.init.zeros_(self.advect_logits.weight)
+            nn.init.zeros_(self.advect_logits.bias)
+            # a fixed prior on the taps: at init the centre holds 3/4 of the kernel (nearly the plain skip)
+            bias = torch.zeros(k * k)
+            bias[k * k // 2] = math.log(3.0 * (k * k - 1)) if k > 1 else 0.0
+            self.register_buffer("advect_bias", bias)
+
+    def advect_kernel(self, feat: torch.Tensor) -> torch.Tensor:
+        """(N, k, k) softmax kernel from the last features (N, width, H, W), averaged over the frame."""
+        logits = self.advect_logits(feat).mean((2, 3)) + self.advect_bias
+        k = int(round(logits.shape[1] ** 0.5))
+        return logits.softmax(1).view(-1, k, k)
 
     def forward(self, prev: torch.Tensor, h: Optional[torch.Tensor]):
         """prev (N, n, C, H, W): the n previous latents, oldest first; h (N, Ch, H, W) or None."""
@@ -161,9 +199,13 @@ class LatentPrior(nn.Module):
             w = self.cond(h).unsqueeze(1).expand(N, n, C, H, W)
             x = torch.cat([prev, w], 2)
         x = self.blocks(self.inp(x.transpose(1, 2)))  # (N, channels, n, H, W)
-        out = self.out(x[:, :, -1])  # the last temporal activation sees the whole window
+        feat = x[:, :, -1]  # the last temporal activation sees the whole window
+        out = self.out(feat)
         delta, logs = out[:, :C], out[:, C:]
-        return (prev[:, -1] + delta if self.skip else delta), logs
+        if not self.skip:
+            return delta, logs
+        last = prev[:, -1] if self.advect_logits is None else advect(prev[:, -1], self.advect_kernel(feat))
+        return last + delta, logs
 
 
 class FirstFramePrior(nn.Module):

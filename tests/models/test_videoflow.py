@@ -50,13 +50,14 @@ def test_prior_is_causal(pad_context):
     assert not torch.allclose(lp[:, 4], lp2[:, 4], atol=1e-3)  # frame 4 looks back at frame 3
 
 
+@pytest.mark.parametrize("advect", [0, 3])
 @pytest.mark.parametrize("given", [2, 1])
 @pytest.mark.parametrize("pad_context", [False, True])
-def test_generation_uses_the_likelihood_prior(pad_context, given):
+def test_generation_uses_the_likelihood_prior(pad_context, given, advect):
     """At temperature 0 every sampled latent is its prior mean: re-encoding the generated frames must give latents
     equal to the means that the likelihood computes for them (same prior in both directions), also for a frame
     sampled after fewer than n latents (pad_context: a zero-padded window)."""
-    m = model(torch.float64, pad_context=pad_context).eval()
+    m = model(torch.float64, pad_context=pad_context, advect=advect).eval()
     ctx = video(T=given, dtype=torch.float64)
     gen = m.generate(ctx, 5 - given, temperature=0.0)
     assert gen.shape == (2, 5, 3, 16, 16) and torch.equal(gen[:, :given], ctx)
@@ -118,7 +119,7 @@ def test_training_memory_grows_by_latents_not_activations():
 
 @pytest.mark.parametrize("opts", [dict(skip=False), dict(gated=False), dict(dilations=(1,)), dict(affine=False),
                                   dict(context=1), dict(coupling_net="gatu"), dict(cond_kernel=3),
-                                  dict(prior_channels=None)])
+                                  dict(prior_channels=None), dict(advect=3), dict(advect=5, pad_context=True)])
 def test_ablation_options(opts):
     m = model(**opts)
     lp = m.log_prob_frames(video(T=4))
@@ -188,3 +189,44 @@ def test_pad_context_predicts_frame_two_with_the_prior_network():
         with torch.no_grad():
             a, b = m.log_prob_frames(v)[:, 1], m.log_prob_frames(w)[:, 1]
         assert (not torch.allclose(a, b, atol=1e-3)) == reads_frame_one
+
+
+def test_advect_moves_every_channel_by_its_samples_kernel():
+    """advect with a one-hot kernel is a shift (border replicated); each sample gets its own kernel; a spread kernel
+    is the same weighted sum of shifts."""
+    from flowkern.models.videoflow import advect
+    torch.manual_seed(0)
+    z = torch.randn(2, 3, 6, 7, dtype=torch.float64)
+    k = torch.zeros(2, 3, 3, dtype=torch.float64)
+    k[0, 1, 2] = 1.0  # out(p) = z(p + (0, 1)): the content moves one pixel left
+    k[1, 0, 1] = 1.0  # out(p) = z(p + (-1, 0)): one pixel down
+    out = advect(z, k)
+    assert torch.equal(out[0, :, :, :-1], z[0, :, :, 1:]) and torch.equal(out[0, :, :, -1], z[0, :, :, -1])
+    assert torch.equal(out[1, :, 1:], z[1, :, :-1]) and torch.equal(out[1, :, 0], z[1, :, 0])
+    mix = 0.25 * k + 0.75 * torch.flip(k, (0,))
+    assert torch.allclose(advect(z, mix), 0.25 * out + 0.75 * advect(z, torch.flip(k, (0,))))
+
+
+def test_advect_prior_starts_near_the_skip_and_learns_its_kernel():
+    """advect > 0: at init the kernel is the same for every clip with 3/4 at the centre; the mean is the advected
+    last latent (+ delta, zero at init); the kernel's conv gets gradients; level kernels never exceed the level."""
+    torch.manual_seed(0)
+    m = VideoFlow(dataclasses.replace(TINY, advect=5))
+    assert [p.advect_logits.out_channels for p in m.priors] == [25, 9]  # 8x8, then 4x4: a 3x3 kernel
+    prior = m.priors[0]
+    prev = torch.randn(2, TINY.context, *m.latent_shapes[0])
+    h = torch.randn(2, prior.cond.in_channels, *m.latent_shapes[0][1:])
+    mean, _ = prior(prev, h)
+    from flowkern.models.videoflow import advect
+    kernel = torch.full((2, 5, 5), 0.25 / 24)
+    kernel[:, 2, 2] = 0.75
+    assert torch.allclose(mean, advect(prev[:, -1], kernel), atol=1e-6)
+    with torch.no_grad():
+        for p in prior.out.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    mean, logs = prior(prev, h)
+    ((mean - prev[:, -1].roll(1, -1)).square().sum() + logs.sum()).backward()
+    assert prior.advect_logits.weight.grad.abs().sum() > 0
+    for bad in (dict(advect=4), dict(advect=-1), dict(advect=3, skip=False)):
+        with pytest.raises(ValueError, match="advect must be 0"):
+            dataclasses.replace(TINY, **bad)
