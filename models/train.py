@@ -282,7 +282,8 @@ FLAG_OF_FIELD = {"levels": "--levels", "steps": "--flow-steps", "hidden": "--hid
                  "n_bits": "--n-bits", "image_size": "--image-size", "recompute_chunk": "--recompute-chunk",
                  "skip": "--skip", "affine": "--coupling", "coupling_net": "--coupling-net",
                  "pad_context": "--pad-context", "prior_blocks": "--prior-blocks", "prior_hidden": "--prior-hidden",
-                 "prior_channels": "--prior-channels", "advect": "--advect"}
+                 "prior_channels": "--prior-channels", "advect": "--advect",
+                 "advect_corr": "--advect-corr"}
 CGLOW_FLAG_OF_FIELD = {"levels": "--levels", "steps": "--flow-steps", "hidden": "--hidden", "n_bits": "--n-bits",
                        "image_size": "--image-size", "affine": "--coupling", "variant": "--variant",
                        "state_channels": "--state-channels", "tbptt": "--tbptt", "num_labels": "--label (its classes)"}
@@ -303,7 +304,8 @@ def resolve_config(args):
                  "n_bits": args.n_bits, "image_size": args.image_size, "recompute_chunk": args.recompute_chunk,
                  "skip": args.skip, "affine": None if args.coupling is None else args.coupling == "affine",
                  "coupling_net": args.coupling_net, "pad_context": args.pad_context,
-                 "prior_blocks": args.prior_blocks, "prior_hidden": args.prior_hidden, "advect": args.advect}
+                 "prior_blocks": args.prior_blocks, "prior_hidden": args.prior_hidden, "advect": args.advect,
+                 "advect_corr": args.advect_corr}
     try:
         cfg = dataclasses.replace(CONFIGS[args.config], **{k: v for k, v in overrides.items() if v is not None})
     except ValueError as e:  # a combination the config refuses, e.g. --advect with --no-skip
@@ -927,6 +929,9 @@ def parser():
     v.add_argument("--advect", type=advect_size, default=None,
                    help="override the config's advection: 0 (off), or an odd K: the prior's mean moves the previous "
                         "latent by a K x K kernel it predicts per clip (needs the latent skip)")
+    v.add_argument("--advect-corr", action=argparse.BooleanOptionalAction, default=None,
+                   help="override the config's value: the advection kernel also sees how well each of its offsets "
+                        "matches the move between the last two latents (needs --advect and --context >= 2)")
     v.add_argument("--pad-context", action=argparse.BooleanOptionalAction, default=None,
                    help="override the config's value: frames with fewer than --context previous latents use the "
                         "prior network over a zero-padded window (else the first-frame prior)")

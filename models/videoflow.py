@@ -57,6 +57,10 @@ class VideoFlowConfig:
     # kernel per clip and level (a softmax over its taps, pooled from the prior network's last features), so a move
     # is a copy from a few latent pixels away rather than a regression of the new values; 0: off (the plain skip)
     advect: int = 0
+    # with advect: the kernel's logits also get, at each of its offsets, the normalised correlation of the last two
+    # latents' deviations from their means at that offset (how well the move from t-2 to t-1 is that offset: a
+    # constant-velocity cue, as a cost volume in optical flow), times a learned scale starting at ADVECT_CORR_SCALE
+    advect_corr: bool = False
     cond_kernel: int = 1  # the conv taking h_t^(>l) into the prior: 1 (1x1), or 3 (the reference: zero-init 3x3)
     gated: bool = True  # gated activation unit (else ReLU)
     dilations: Tuple[int, ...] = (1, 2, 4)
@@ -74,6 +78,9 @@ class VideoFlowConfig:
         if self.advect and (self.advect < 0 or self.advect % 2 == 0 or not self.skip):
             raise ValueError(f"VideoFlowConfig: advect must be 0 (off) or an odd kernel size with skip=True, got "
                              f"advect={self.advect}, skip={self.skip}")
+        if self.advect_corr and not (self.advect and self.context >= 2):
+            raise ValueError(f"VideoFlowConfig: advect_corr needs advect > 0 and context >= 2, got advect="
+                             f"{self.advect}, context={self.context}")
 
 
 CONFIGS = {
@@ -109,6 +116,24 @@ def advect(z: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
     zp = F.pad(z, (r, r, r, r), mode="replicate").reshape(1, N * C, H + 2 * r, W + 2 * r)
     w = kernel.to(z.dtype).repeat_interleave(C, 0).unsqueeze(1)  # (N*C, 1, k, k)
     return F.conv2d(zp, w, groups=N * C).view(N, C, H, W)
+
+
+ADVECT_CORR_SCALE = 10.0  # the correlation cue's initial weight: a full match lifts its tap's logit by 10
+
+
+def offset_correlation(before: torch.Tensor, after: torch.Tensor, k: int) -> torch.Tensor:
+    """(N, k*k): for each offset o of a k x k window, sum_{c,p} a[c, p] b[c, p + o - k//2] / (|a| |b|), a and b the
+    deviations of `after` and `before` (N, C, H, W) from their per-channel means (so a flat background adds
+    nothing). Tap o measures a move by -(o - k//2) from before to after, the move advect's tap o makes; 0 where
+    either is flat (a zero-padded window)."""
+    N, C, H, W = after.shape
+    r = k // 2
+    a = after - after.mean((2, 3), keepdim=True)
+    b = before - before.mean((2, 3), keepdim=True)
+    patches = F.unfold(F.pad(b, (r, r, r, r)), k).view(N, C, k * k, H * W)  # b[c, p + o - r] at [n, c, o, p]
+    corr = (patches * a.reshape(N, C, 1, H * W)).sum((1, 3))
+    norm = a.flatten(1).norm(dim=1) * b.flatten(1).norm(dim=1)
+    return corr / (norm.unsqueeze(1) + 1e-6)
 
 
 def gaussian_logp(z, mean, logs):
@@ -184,11 +209,16 @@ class LatentPrior(nn.Module):
             bias = torch.zeros(k * k)
             bias[k * k // 2] = math.log(3.0 * (k * k - 1)) if k > 1 else 0.0
             self.register_buffer("advect_bias", bias)
+            self.advect_corr_log_scale = nn.Parameter(torch.tensor(math.log(ADVECT_CORR_SCALE))) \
+                if cfg.advect_corr else None
 
-    def advect_kernel(self, feat: torch.Tensor) -> torch.Tensor:
-        """(N, k, k) softmax kernel from the last features (N, width, H, W), averaged over the frame."""
+    def advect_kernel(self, feat: torch.Tensor, prev: torch.Tensor) -> torch.Tensor:
+        """(N, k, k) softmax kernel from the last features (N, width, H, W), averaged over the frame, and with
+        advect_corr from the correlation of the last two latents of the window prev (N, n, C, H, W)."""
         logits = self.advect_logits(feat).mean((2, 3)) + self.advect_bias
         k = int(round(logits.shape[1] ** 0.5))
+        if self.advect_corr_log_scale is not None:
+            logits = logits + self.advect_corr_log_scale.exp() * offset_correlation(prev[:, -2], prev[:, -1], k)
         return logits.softmax(1).view(-1, k, k)
 
     def forward(self, prev: torch.Tensor, h: Optional[torch.Tensor]):
@@ -204,7 +234,7 @@ class LatentPrior(nn.Module):
         delta, logs = out[:, :C], out[:, C:]
         if not self.skip:
             return delta, logs
-        last = prev[:, -1] if self.advect_logits is None else advect(prev[:, -1], self.advect_kernel(feat))
+        last = prev[:, -1] if self.advect_logits is None else advect(prev[:, -1], self.advect_kernel(feat, prev))
         return last + delta, logs
 
 

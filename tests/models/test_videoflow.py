@@ -119,7 +119,8 @@ def test_training_memory_grows_by_latents_not_activations():
 
 @pytest.mark.parametrize("opts", [dict(skip=False), dict(gated=False), dict(dilations=(1,)), dict(affine=False),
                                   dict(context=1), dict(coupling_net="gatu"), dict(cond_kernel=3),
-                                  dict(prior_channels=None), dict(advect=3), dict(advect=5, pad_context=True)])
+                                  dict(prior_channels=None), dict(advect=3), dict(advect=5, pad_context=True),
+                                  dict(advect=3, advect_corr=True, pad_context=True)])
 def test_ablation_options(opts):
     m = model(**opts)
     lp = m.log_prob_frames(video(T=4))
@@ -230,3 +231,24 @@ def test_advect_prior_starts_near_the_skip_and_learns_its_kernel():
     for bad in (dict(advect=4), dict(advect=-1), dict(advect=3, skip=False)):
         with pytest.raises(ValueError, match="advect must be 0"):
             dataclasses.replace(TINY, **bad)
+    for bad in (dict(advect_corr=True), dict(advect=3, advect_corr=True, context=1)):
+        with pytest.raises(ValueError, match="advect_corr needs"):
+            dataclasses.replace(TINY, **bad)
+
+
+def test_offset_correlation_finds_the_move_that_advect_repeats():
+    """A blob moved by d between two latents: the correlation peaks at the tap whose advection moves it by d again
+    (constant velocity), and is zero against a flat (zero-padded) latent."""
+    from flowkern.models.videoflow import advect, offset_correlation
+    torch.manual_seed(0)
+    z0 = torch.full((2, 3, 12, 12), 0.3, dtype=torch.float64)
+    z0[:, :, 4:7, 5:7] += torch.rand(2, 3, 3, 2, dtype=torch.float64) + 1.0
+    moves = [(1, -2), (0, 1)]
+    z1 = torch.stack([z0[i].roll(d, (-2, -1)) for i, d in enumerate(moves)])
+    corr = offset_correlation(z0, z1, 5)
+    assert corr.shape == (2, 25) and corr.max() <= 1 + 1e-9
+    kernel = torch.nn.functional.one_hot(corr.argmax(1), 25).view(2, 5, 5).to(z1.dtype)
+    z2 = advect(z1, kernel)
+    for i, d in enumerate(moves):
+        assert torch.allclose(z2[i], z1[i].roll(d, (-2, -1)))
+    assert torch.equal(offset_correlation(torch.zeros_like(z0), z1, 5), torch.zeros(2, 25, dtype=z1.dtype))
