@@ -6,8 +6,11 @@ Environment:
   FLOWKERN_BUILD_JOBS  parallel compile jobs (default: number of CPUs)
   CUDA_HOME / CUDA_PATH  toolkit root, if nvcc is not on PATH
 
-torch is never imported here: the extension works on raw pointers (csrc/README.md), so the build runs under
-pip's build isolation and one build serves any torch >= 2.4.
+flowkern._C never sees torch: it works on raw pointers (csrc/README.md), so it builds under pip's build isolation and
+one build serves any torch >= 2.4. When torch is importable here (`pip install --no-build-isolation .`, as `make`
+installs), flowkern._C_eager is built too: the same CPU kernels behind torch-linked entry points (csrc/eager/), for
+the CPU's eager calls, tied to that torch version. Without it flowkern runs the same kernels through Python.
+  FLOWKERN_EAGER       auto (default) | 0 | 1   -- 1 fails the build if torch cannot be imported
 """
 import os
 import shutil
@@ -124,15 +127,53 @@ ext = Pybind11Extension(
     extra_link_args=["-fopenmp"],
 )
 
+def _eager_extension():
+    """flowkern._C_eager, or None when torch is not importable (pip's build isolation) or FLOWKERN_EAGER=0."""
+    want = os.environ.get("FLOWKERN_EAGER", "auto").strip().lower()
+    if want not in ("auto", "0", "1"):
+        sys.exit(f"FLOWKERN_EAGER must be auto, 0 or 1, got {want!r}")
+    if want == "0":
+        return None
+    try:
+        import torch
+        from torch.utils.cpp_extension import include_paths, library_paths
+    except ImportError as e:
+        if want == "1":
+            sys.exit(f"FLOWKERN_EAGER=1 but torch cannot be imported here ({e}); use pip install --no-build-isolation")
+        print("flowkern: torch is not importable at build time (build isolation?): building without _C_eager; the "
+              "CPU's eager calls go through Python (pip install --no-build-isolation . builds it)", file=sys.stderr)
+        return None
+    from setuptools import Extension
+    abi = int(torch._C._GLIBCXX_USE_CXX11_ABI)
+    return Extension(
+        "flowkern._C_eager",
+        _sources("eager", ".cpp") + _sources("cpu", ".cpp"),
+        include_dirs=[os.path.join(ROOT, "csrc")] + include_paths(),  # torch's headers bring their pybind11
+        library_dirs=library_paths(),
+        libraries=["c10", "torch", "torch_cpu", "torch_python"],
+        runtime_library_dirs=library_paths(),
+        define_macros=[("TORCH_EXTENSION_NAME", "_C_eager"), ("TORCH_API_INCLUDE_EXTENSION_H", None),
+                       ("_GLIBCXX_USE_CXX11_ABI", str(abi)), ("FLOWKERN_TORCH_VERSION", f'"{torch.__version__}"')],
+        # -g0: Python's own CFLAGS ask for debug info, 20 MB of it with torch's headers
+        extra_compile_args=["-std=c++20", "-O3", "-g0", "-fopenmp", "-fno-math-errno", "-fno-trapping-math",
+                            "-fvisibility=hidden"],
+        extra_link_args=["-fopenmp"],
+        language="c++",
+        optional=want == "auto",  # auto: a compiler that cannot build it leaves flowkern on the Python path
+    )
+
+
+EAGER = _eager_extension()
+
 ParallelCompile("FLOWKERN_BUILD_JOBS", default=0).install()
-print(f"flowkern: building with CUDA={'yes (' + NVCC + ', archs ' + ';'.join(ARCHS) + ')' if WITH_CUDA else 'no'}",
-      file=sys.stderr)
+print(f"flowkern: building with CUDA={'yes (' + NVCC + ', archs ' + ';'.join(ARCHS) + ')' if WITH_CUDA else 'no'}, "
+      f"_C_eager={'yes' if EAGER is not None else 'no'}", file=sys.stderr)
 
 setup(
     packages=["flowkern", "flowkern.ops", "flowkern.ops.triton", "flowkern.nn", "flowkern.compat",
               "flowkern.models"],
     package_dir={"flowkern.models": "models"},
-    ext_modules=[ext],
+    ext_modules=[ext] + ([EAGER] if EAGER is not None else []),
     cmdclass={"build_ext": BuildExt},
     zip_safe=False,
 )

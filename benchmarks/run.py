@@ -16,6 +16,7 @@ import torch
 from tqdm import tqdm
 
 from flowkern.memory import keep_freed_cpu_memory
+from flowkern.ops import eager as eager_entry
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # sibling modules, without shadowing flowkern
 import bench_actnorm_invconv  # noqa: E402
@@ -90,6 +91,10 @@ def main(argv=None):
     if device == "cpu" and not args.default_malloc:
         # every variant runs in this one process, so all of them get the same allocator
         env["cpu_allocator"] = "freed memory kept" if keep_freed_cpu_memory() else "default"
+    if device == "cpu":
+        st = eager_entry.status()
+        env["cpu_eager_entry"] = ("flowkern._C_eager" if st["available"] and st["enabled"]
+                                  else f"Python ({st['reason']})")
     rounds = {"smoke": 3, "quick": 40, "full": 200}[suite]
     budget_s = {"smoke": 0.2, "quick": 3.0, "full": 20.0}[suite]
     min_rounds = {"smoke": 1, "quick": 15, "full": 25}[suite]
@@ -197,6 +202,8 @@ def main(argv=None):
                 ", ".join(f"{part} {s / 60:.1f}" for part, s in took.items()) + ").")
     if env.get("cpu_allocator"):
         text.append(f"CPU allocator: glibc malloc, {env['cpu_allocator']} (`--default-malloc` to leave it as is).")
+    if env.get("cpu_eager_entry"):
+        text.append(f"Eager CPU calls of the fused ops enter through: {env['cpu_eager_entry']}.")
     if bandwidth:
         text.append(f"Measured device copy bandwidth: {bandwidth / 1e9:.0f} GB/s (read + write).")
     if device == "cuda":

@@ -5,7 +5,8 @@
 On the GPU backends it runs channel_affine's kernels (ops/channel_affine.py) with A = W diag(s) and c = A b formed in
 torch ops; on the CPU its own kernels (csrc/cpu/actnorm_invconv.cpp) form A, c, the logdet and the parameter gradients
 around channel_affine's, one call per pass (at Glow-step sizes a dozen small torch ops cost as much as the pass).
-Either way a Glow step's linear part is one read and one write of x. Inverse: x = A^-1 y - b.
+Either way a Glow step's linear part is one read and one write of x. Inverse: x = A^-1 y - b. An eager CPU call
+(forward, its autograd node, backward) enters through flowkern._C_eager when that is built (ops/eager.py).
 
     actnorm_invconv_ref       the unfused pure-torch reference
     actnorm_invconv           the public op (forward), actnorm_invconv_inverse its inverse,
@@ -24,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from flowkern.ops import eager
 from flowkern.ops.channel_affine import (channel_affine, channel_affine_bwd, channel_affine_bwd_ref, channel_affine_fwd,
                                          channel_affine_fwd_op, channel_affine_ref, max_channels, pixel_chunk)
 from flowkern.ops.checks import acc_dtype, check_nchw, check_same_device, check_shape, needs_grad, no_autocast
@@ -68,6 +70,8 @@ def actnorm_invconv(x: Tensor, s: Tensor, b: Tensor, W: Tensor,
         return actnorm_invconv_ref(x, s, b, W, logdet_w)
     if logdet_w is None:  # float64 slogdet: stable for ill-conditioned W
         logdet_w = torch.linalg.slogdet(W.double())[1]
+    if backend == "cpu" and (m := eager.module(x)) is not None:
+        return tuple(m.actnorm_invconv(x.contiguous(), s, b, W, logdet_w))
     if needs_grad(x, s, b, W, logdet_w) and not torch.compiler.is_compiling():
         return ActNormInvConvFunction.apply(x.contiguous(), s, b, W, logdet_w, backend)
     if backend == "cpu" and not torch.compiler.is_compiling():
@@ -259,17 +263,21 @@ def _check_lu(op: str, x: Tensor, *params: Tensor) -> None:
     check_same_device(op, x=x, **dict(zip(_LU_NAMES, params)))
 
 
+def _lu_refused(op: str, P: Tensor) -> None:
+    """After an LU-parametrised CPU kernel refused its arguments: its one refusal at valid sizes (code 2) is a P that
+    is not a permutation matrix, reported as that."""
+    ok = ((P == 0) | (P == 1)).all() and (P.sum(0) == 1).all() and (P.sum(1) == 1).all()
+    if not ok:
+        raise ValueError(f"{op}: P must be a permutation matrix (a single 1 in every row and column, zeros "
+                         "elsewhere)") from None
+
+
 def _lu_launch(op: str, kernel: str, **params) -> None:
-    """launch() of an LU-parametrised CPU kernel; its one refusal (code 2) at valid sizes is a P that is not a
-    permutation matrix, reported as that."""
+    """launch() of an LU-parametrised CPU kernel, a refused P reported as that."""
     try:
         launch(kernel, "cpu", **params)
     except RuntimeError:
-        P = params["P"]
-        ok = ((P == 0) | (P == 1)).all() and (P.sum(0) == 1).all() and (P.sum(1) == 1).all()
-        if not ok:
-            raise ValueError(f"{op}: P must be a permutation matrix (a single 1 in every row and column, zeros "
-                             "elsewhere)") from None
+        _lu_refused(op, params["P"])
         raise
 
 
@@ -305,6 +313,17 @@ def _cpu_lu_bwd(x, dy, dld, log_scale, b, lower, upper, log_s, P, sign):
     return (dx, *grads)
 
 
+def lu_double_backward(x, params, dy, dld, wanted):
+    """The LU node's gradients under create_graph=True: the reference differentiated on the saved inputs, so the
+    returned gradients carry their own graph. wanted: which of x and the first five parameters need one."""
+    ins = [x] + list(params[:5])
+    y, ld = actnorm_invconv_lu_ref(x, *params)
+    outs = [(o, g) for o, g in ((y, dy), (ld, dld)) if g is not None]
+    got = iter(torch.autograd.grad([o for o, _ in outs], [t for t, w in zip(ins, wanted) if w],
+                                   [g for _, g in outs], create_graph=True, allow_unused=True))
+    return tuple(next(got) if w else None for w in wanted) + (None, None)
+
+
 class ActNormInvConvLUFunction(torch.autograd.Function):
     """Eager actnorm_invconv_lu on the CPU in one autograd node: the kernel forms every derived tensor forward and
     every parameter gradient backward. Under create_graph=True (double backward) the reference is differentiated
@@ -321,12 +340,7 @@ class ActNormInvConvLUFunction(torch.autograd.Function):
         x, *params = ctx.saved_tensors
         wanted = ctx.needs_input_grad[:6]
         if torch.is_grad_enabled():
-            ins = [x] + params[:5]
-            y, ld = actnorm_invconv_lu_ref(x, *params)
-            outs = [(o, g) for o, g in ((y, dy), (ld, dld)) if g is not None]
-            got = iter(torch.autograd.grad([o for o, _ in outs], [t for t, w in zip(ins, wanted) if w],
-                                           [g for _, g in outs], create_graph=True, allow_unused=True))
-            return tuple(next(got) if w else None for w in wanted) + (None, None)
+            return lu_double_backward(x, params, dy, dld, wanted)
         grads = _cpu_lu_bwd(x, None if dy is None else dy.contiguous(), dld, *params)
         return tuple(g.to(t.dtype) if w and g is not None else None
                      for g, t, w in zip(grads, [x] + params[:5], wanted)) + (None, None)
@@ -348,6 +362,12 @@ def actnorm_invconv_lu(x: Tensor, log_scale: Tensor, bias: Tensor, lower: Tensor
         with no_autocast(x):
             W = lu_weight(lower, upper, log_s, P, sign)
             return actnorm_invconv(x, log_scale.exp(), bias, W, log_s.sum())
+    if (m := eager.module(x)) is not None:
+        try:
+            return tuple(m.actnorm_invconv_lu(x.contiguous(), *params))
+        except RuntimeError:
+            _lu_refused("actnorm_invconv_lu", P)
+            raise
     if needs_grad(x, *params):
         return ActNormInvConvLUFunction.apply(x.contiguous(), *params)
     return _cpu_lu_fwd(x.contiguous(), *params)

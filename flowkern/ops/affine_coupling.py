@@ -13,7 +13,8 @@ without atomics (bitwise reproducible), and the backward folds the logdet's grad
     affine_coupling_ref / affine_coupling_inverse_ref    the pure-torch references
     affine_coupling_fwd / _inv / _bwd                    kernel passes (registered as flowkern::affine_coupling_*)
     affine_coupling_bwd_ref                              the backward in torch ops, for double backward
-    affine_coupling / affine_coupling_inverse            the public ops: checks, backend choice, autograd
+    affine_coupling / affine_coupling_inverse            the public ops: checks, backend choice, autograd (an eager
+                                                         CPU forward goes to flowkern._C_eager when built)
     affine_coupling_backward                             the backward from the output (for reversible backprop)
 Kernels: csrc/cpu/affine_coupling.cpp, csrc/cuda/affine_coupling.cu, flowkern/ops/triton/affine_coupling.py.
 """
@@ -23,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from flowkern.ops import eager
 from flowkern.ops.checks import acc_dtype, cdiv, check_nchw, check_same_device, round_up
 from flowkern.ops.dispatch import FusedOp, launch, pick_backend
 
@@ -190,6 +192,8 @@ def _run(op: str, fused: FusedOp, ref, t: Tensor, h: Tensor, affine: bool, scale
     backend = pick_backend(t)
     if backend == "torch":
         return ref(t, h, affine, scale)
+    if fused is affine_coupling_fwd_op and backend == "cpu" and (m := eager.module(t)) is not None:
+        return tuple(m.affine_coupling(t.contiguous(), h.contiguous(), affine, scale == "exp"))
     return fused(t.contiguous(), h.contiguous(), affine, scale, backend)
 
 

@@ -1,0 +1,178 @@
+// actnorm_invconv's eager CPU entries, plain (s, b, W) and LU-parametrised (the layers' own parameters): forward and
+// its autograd node in C++ around csrc/cpu/actnorm_invconv.cpp, which forms every derived tensor and every parameter
+// gradient itself. The same passes and results as flowkern/ops/actnorm_invconv.py's CPU path.
+#include "eager/common.h"
+
+namespace flowkern {
+namespace eager {
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::tensor_list;
+
+constexpr int64_t kPixelChunk = 1024;  // pixels per partial of dA, dc: ops/channel_affine.py pixel_chunk("cpu")
+
+// The parameters in the accumulation type, kept alive for the kernel call: plain (s, b, W, ldw) or LU (log_scale, b,
+// lower, upper, log_s, sign, P).
+struct KernelParams {
+  std::vector<at::Tensor> held;
+  ActNormInvConvParams p;
+};
+
+KernelParams plain_params(const at::Tensor& x, const at::Tensor& s, const at::Tensor& b, const at::Tensor& W,
+                          const at::Tensor& ldw) {
+  const auto t = acc_type(x);
+  KernelParams k;
+  k.held = {acc(s, t), acc(b, t), acc(W, t), acc(ldw, t)};
+  k.p.s = k.held[0].data_ptr();
+  k.p.b = k.held[1].data_ptr();
+  k.p.W = k.held[2].data_ptr();
+  k.p.ldw = k.held[3].data_ptr();
+  return k;
+}
+
+// LU inputs in the order of ops.actnorm_invconv_lu: log_scale, bias, lower, upper, log_s, P, sign.
+KernelParams lu_params(const at::Tensor& x, const std::vector<at::Tensor>& lu) {
+  const auto t = acc_type(x);
+  KernelParams k;
+  for (const auto& v : lu) k.held.push_back(acc(v, t));
+  k.p.log_scale = k.held[0].data_ptr();
+  k.p.b = k.held[1].data_ptr();
+  k.p.lower = k.held[2].data_ptr();
+  k.p.upper = k.held[3].data_ptr();
+  k.p.log_s = k.held[4].data_ptr();
+  k.p.P = k.held[5].data_ptr();
+  k.p.sign = k.held[6].data_ptr();
+  return k;
+}
+
+void set_sizes(ActNormInvConvParams& p, const at::Tensor& x) {
+  p.dtype = dtype_code(x);
+  p.nthreads = at::get_num_threads();
+  p.B = x.size(0), p.C = x.size(1), p.HW = x.size(2) * x.size(3);
+}
+
+std::pair<at::Tensor, at::Tensor> forward_pass(const at::Tensor& x, KernelParams&& k) {
+  at::Tensor y = at::empty_like(x), ld = at::empty({x.size(0)}, x.options().dtype(acc_type(x)));
+  set_sizes(k.p, x);
+  k.p.x = x.data_ptr();
+  k.p.y = y.data_ptr();
+  k.p.ld = ld.data_ptr();
+  check(nogil([&] { return actnorm_invconv_fwd_cpu(k.p); }), "actnorm_invconv_fwd");
+  return {y, ld};
+}
+
+// The backward pass from the input x: dx (undefined when dy is) and the parameter gradients, accumulated by the
+// kernel into zeroed tensors of the accumulation type: (ds, db, dW, dldw) plain, (dlog_scale, db, dlower, dupper,
+// dlog_s) LU.
+std::vector<at::Tensor> backward_pass(const at::Tensor& x, const at::Tensor& dy, const at::Tensor& dld,
+                                      KernelParams&& k, bool lu) {
+  const int64_t C = x.size(1);
+  const auto opts = x.options().dtype(acc_type(x));
+  std::vector<at::Tensor> g;
+  if (lu) {
+    g = {at::zeros({C}, opts), at::zeros({C}, opts), at::zeros({C, C}, opts), at::zeros({C, C}, opts),
+         at::zeros({C}, opts)};
+    k.p.dlog_scale = g[0].data_ptr(), k.p.db = g[1].data_ptr(), k.p.dlower = g[2].data_ptr();
+    k.p.dupper = g[3].data_ptr(), k.p.dlog_s = g[4].data_ptr();
+  } else {
+    g = {at::zeros({C}, opts), at::zeros({C}, opts), at::zeros({C, C}, opts), at::zeros({}, opts)};
+    k.p.ds = g[0].data_ptr(), k.p.db = g[1].data_ptr(), k.p.dW = g[2].data_ptr(), k.p.dldw = g[3].data_ptr();
+  }
+  at::Tensor dx = dy.defined() ? at::empty_like(x) : at::Tensor();
+  const at::Tensor dld_acc = dld.defined() ? acc(dld, acc_type(x)) : at::Tensor();
+  set_sizes(k.p, x);
+  k.p.x = x.data_ptr();
+  k.p.dy = ptr_or_null(dy);
+  k.p.dld = ptr_or_null(dld_acc);
+  k.p.dx = dx.defined() ? dx.data_ptr() : nullptr;
+  k.p.chunk = kPixelChunk;
+  check(actnorm_invconv_bwd_cpu(k.p), "actnorm_invconv_bwd");  // the engine's thread holds no GIL
+  g.insert(g.begin(), dx);
+  return g;
+}
+
+at::Tensor to_dtype(const at::Tensor& g, const at::Tensor& like) {
+  return g.defined() ? g.to(like.scalar_type()) : g;
+}
+
+struct ActNormInvConvFunction : public torch::autograd::Function<ActNormInvConvFunction> {
+  static tensor_list forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& s, const at::Tensor& b,
+                             const at::Tensor& W, const at::Tensor& ldw) {
+    ctx->save_for_backward({x, s, b, W, ldw});
+    ctx->set_materialize_grads(false);  // a loss without y must not cost a kernel pass over zeros
+    auto [y, ld] = forward_pass(x, plain_params(x, s, b, W, ldw));
+    return {y, ld};
+  }
+
+  static tensor_list backward(AutogradContext* ctx, tensor_list grads) {
+    const auto v = ctx->get_saved_variables();
+    const at::Tensor &x = v[0], &s = v[1], &b = v[2], &W = v[3], &ldw = v[4];
+    const at::Tensor dy = grads[0].defined() ? grads[0].contiguous() : grads[0];
+    if (at::GradMode::is_enabled())  // create_graph=True: gradients in differentiable torch ops
+      return double_backward("actnorm_invconv", {x, s, b, W, ldw, dy, grads[1]}, {});
+    auto g = backward_pass(x, dy, grads[1], plain_params(x, s, b, W, ldw), false);
+    return {g[0], to_dtype(g[1], s), to_dtype(g[2], b), to_dtype(g[3], W), to_dtype(g[4], ldw)};
+  }
+};
+
+struct ActNormInvConvLUFunction : public torch::autograd::Function<ActNormInvConvLUFunction> {
+  // lu: log_scale, bias, lower, upper, log_s, P, sign
+  static tensor_list forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& log_scale,
+                             const at::Tensor& bias, const at::Tensor& lower, const at::Tensor& upper,
+                             const at::Tensor& log_s, const at::Tensor& P, const at::Tensor& sign) {
+    ctx->save_for_backward({x, log_scale, bias, lower, upper, log_s, P, sign});
+    ctx->set_materialize_grads(false);
+    auto [y, ld] = forward_pass(x, lu_params(x, {log_scale, bias, lower, upper, log_s, P, sign}));
+    return {y, ld};
+  }
+
+  static tensor_list backward(AutogradContext* ctx, tensor_list grads) {
+    const auto v = ctx->get_saved_variables();  // x, then the seven LU inputs
+    const at::Tensor dy = grads[0].defined() ? grads[0].contiguous() : grads[0];
+    std::vector<bool> wanted;
+    for (int i = 0; i < 6; ++i) wanted.push_back(ctx->needs_input_grad(i));
+    tensor_list out;
+    if (at::GradMode::is_enabled()) {
+      std::vector<at::Tensor> t(v.begin(), v.end());
+      t.push_back(dy);
+      t.push_back(grads[1]);
+      out = double_backward("actnorm_invconv_lu", t, wanted);
+    } else {
+      const std::vector<at::Tensor> lu(v.begin() + 1, v.end());
+      auto g = backward_pass(v[0], dy, grads[1], lu_params(v[0], lu), true);
+      for (int i = 0; i < 6; ++i) out.push_back(wanted[i] ? to_dtype(g[i], v[i]) : at::Tensor());
+    }
+    out.resize(8);  // P and sign: constants
+    return out;
+  }
+};
+
+std::vector<at::Tensor> actnorm_invconv(const at::Tensor& x, const at::Tensor& s, const at::Tensor& b,
+                                        const at::Tensor& W, const at::Tensor& ldw) {
+  if (at::GradMode::is_enabled() &&
+      (x.requires_grad() || s.requires_grad() || b.requires_grad() || W.requires_grad() || ldw.requires_grad()))
+    return ActNormInvConvFunction::apply(x, s, b, W, ldw);
+  auto [y, ld] = forward_pass(x, plain_params(x, s, b, W, ldw));
+  return {y, ld};
+}
+
+std::vector<at::Tensor> actnorm_invconv_lu(const at::Tensor& x, const at::Tensor& log_scale, const at::Tensor& bias,
+                                           const at::Tensor& lower, const at::Tensor& upper, const at::Tensor& log_s,
+                                           const at::Tensor& P, const at::Tensor& sign) {
+  bool grad = at::GradMode::is_enabled() && (x.requires_grad() || log_scale.requires_grad() || bias.requires_grad() ||
+                                             lower.requires_grad() || upper.requires_grad() || log_s.requires_grad());
+  if (grad) return ActNormInvConvLUFunction::apply(x, log_scale, bias, lower, upper, log_s, P, sign);
+  auto [y, ld] = forward_pass(x, lu_params(x, {log_scale, bias, lower, upper, log_s, P, sign}));
+  return {y, ld};
+}
+
+}  // namespace
+
+void def_actnorm_invconv(pybind11::module_& m) {
+  m.def("actnorm_invconv", &actnorm_invconv, "(y, logdet); see flowkern.ops.actnorm_invconv");
+  m.def("actnorm_invconv_lu", &actnorm_invconv_lu, "(y, logdet); see flowkern.ops.actnorm_invconv_lu");
+}
+
+}  // namespace eager
+}  // namespace flowkern

@@ -1,0 +1,155 @@
+"""flowkern._C_eager: the CPU's eager entry points in C++ give the Python path's results bit for bit (same kernels,
+same partial sums), forward, backward and double backward, and are the path an eager CPU call takes."""
+import pytest
+import torch
+
+import flowkern
+from flowkern import ops
+from flowkern.ops import dispatch, eager
+
+from _helpers import OP_SHAPES
+
+pytestmark = pytest.mark.skipif(not eager.status()["available"],
+                                reason=f"flowkern._C_eager is not available: {eager.status()['reason']}")
+
+
+def _affine_coupling_case(shape, dtype, g):
+    B, C, H, W = shape
+    cb = C - C // 2
+    x = torch.randn(shape, dtype=dtype, generator=g)
+    h = torch.randn(B, 2 * cb, H, W, dtype=dtype, generator=g)
+    return [x, h], lambda x, h: ops.affine_coupling(x, h)
+
+
+def _exp_coupling_case(shape, dtype, g):
+    (x, h), _ = _affine_coupling_case(shape, dtype, g)
+    return [x, 0.5 * h], lambda x, h: ops.affine_coupling(x, h, scale="exp")
+
+
+def _additive_coupling_case(shape, dtype, g):
+    B, C, H, W = shape
+    x = torch.randn(shape, dtype=dtype, generator=g)
+    h = torch.randn(B, C - C // 2, H, W, dtype=dtype, generator=g)
+    return [x, h], lambda x, h: ops.affine_coupling(x, h, affine=False)
+
+
+def _actnorm_invconv_case(shape, dtype, g):
+    C = shape[1]
+    x = torch.randn(shape, dtype=dtype, generator=g)
+    s = torch.rand(C, dtype=dtype, generator=g) + 0.5
+    b = torch.randn(C, dtype=dtype, generator=g)
+    W = torch.linalg.qr(torch.randn(C, C, dtype=torch.float64, generator=g))[0].to(dtype)
+    return [x, s, b, W], ops.actnorm_invconv
+
+
+def _actnorm_invconv_lu_case(shape, dtype, g):
+    C = shape[1]
+    x = torch.randn(shape, dtype=dtype, generator=g)
+    log_scale, bias, log_s = (0.3 * torch.randn(C, dtype=dtype, generator=g) for _ in range(3))
+    lower, upper = (0.3 * torch.randn(C, C, dtype=dtype, generator=g) for _ in range(2))
+    P = torch.eye(C, dtype=dtype)[torch.randperm(C, generator=g)]
+    sign = torch.where(torch.rand(C, generator=g) < 0.5, -1.0, 1.0).to(dtype)
+    params = [x, log_scale, bias, lower, upper, log_s]
+    return params, lambda *t: ops.actnorm_invconv_lu(*t, P, sign)
+
+
+CASES = {"affine_coupling": _affine_coupling_case, "affine_coupling_exp": _exp_coupling_case,
+         "affine_coupling_additive": _additive_coupling_case, "actnorm_invconv": _actnorm_invconv_case,
+         "actnorm_invconv_lu": _actnorm_invconv_lu_case}
+
+
+def _run(case, shape, dtype, use_eager, monkeypatch, uses=("y", "ld")):
+    """(y, logdet, gradients of every input) of one forward + backward, through _C_eager or the Python path."""
+    monkeypatch.setattr(eager, "ENABLED", use_eager)
+    g = torch.Generator().manual_seed(0)
+    inputs, fn = CASES[case](shape, dtype, g)
+    inputs = [t.requires_grad_(True) for t in inputs]
+    y, ld = fn(*inputs)
+    gy, gld = torch.randn(y.shape, dtype=y.dtype, generator=g), torch.randn(ld.shape, dtype=ld.dtype, generator=g)
+    outs = [(o, go) for name, o, go in (("y", y, gy), ("ld", ld, gld)) if name in uses]
+    grads = torch.autograd.grad([o for o, _ in outs], inputs, [go for _, go in outs], allow_unused=True)
+    with torch.no_grad():
+        y_ng, ld_ng = fn(*inputs)
+    return [y.detach(), ld.detach(), y_ng, ld_ng] + list(grads)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", OP_SHAPES)
+@pytest.mark.parametrize("case", list(CASES))
+def test_eager_entry_matches_the_python_path_bit_for_bit(case, shape, dtype, monkeypatch):
+    fast = _run(case, shape, dtype, True, monkeypatch)
+    slow = _run(case, shape, dtype, False, monkeypatch)
+    for a, b in zip(fast, slow):
+        assert (a is None) == (b is None)
+        if a is not None:
+            assert a.dtype == b.dtype and torch.equal(a, b)
+
+
+@pytest.mark.parametrize("uses", [("y",), ("ld",)])
+@pytest.mark.parametrize("case", ["actnorm_invconv", "actnorm_invconv_lu", "affine_coupling"])
+def test_eager_entry_with_a_loss_of_one_output(case, uses, monkeypatch):
+    """A loss of y alone or of the logdet alone: the node gets one undefined gradient (the invconv nodes do not
+    materialise it) and still gives the Python path's gradients."""
+    fast = _run(case, (2, 6, 4, 5), torch.float64, True, monkeypatch, uses)
+    slow = _run(case, (2, 6, 4, 5), torch.float64, False, monkeypatch, uses)
+    for a, b in zip(fast, slow):
+        assert (a is None and b is None) or torch.equal(a, b)
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_an_eager_cpu_call_goes_through_c_eager(case, monkeypatch):
+    """With _C_eager, forward, its node and backward never reach the Python launch path."""
+    def refuse(*args, **kw):
+        raise AssertionError("the Python launch path ran")
+    monkeypatch.setattr(dispatch, "_launch", refuse)
+    _run(case, (2, 6, 4, 4), torch.float32, True, monkeypatch)
+    with pytest.raises(AssertionError, match="Python launch path"):
+        _run(case, (2, 6, 4, 4), torch.float32, False, monkeypatch)
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c != "affine_coupling_additive"])  # its gradients are constant
+def test_double_backward_through_the_c_eager_node(case, monkeypatch):
+    """create_graph=True through the C++ node (it calls back into Python's differentiable formulas): the gradient of
+    a gradient penalty equals the Python path's."""
+    def penalty_grads(use_eager):
+        monkeypatch.setattr(eager, "ENABLED", use_eager)
+        g = torch.Generator().manual_seed(1)
+        inputs, fn = CASES[case]((2, 4, 3, 3), torch.float64, g)
+        inputs = [t.requires_grad_(True) for t in inputs]
+        y, ld = fn(*inputs)
+        loss = (y * torch.randn(y.shape, dtype=y.dtype, generator=g)).sum() + (ld * 0.3).sum()
+        first = torch.autograd.grad(loss, inputs, create_graph=True)
+        return torch.autograd.grad(sum(f.square().sum() for f in first), inputs, allow_unused=True)
+    calls = []
+
+    def counted(op, tensors, flags):
+        calls.append(op)
+        return eager._double_backward(op, tensors, flags)
+    eager._module.set_double_backward(counted)
+    try:
+        fast = penalty_grads(True)
+    finally:
+        eager._module.set_double_backward(eager._double_backward)
+    assert calls == [case.split("_exp")[0]]  # the C++ node asked Python once
+    for a, b in zip(fast, penalty_grads(False)):
+        assert (a is None and b is None) or torch.allclose(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_eager_status_and_switch(monkeypatch):
+    st = eager.status()
+    assert st["available"] and st["enabled"] and st["torch"] == torch.__version__
+    x = torch.randn(2, 4, 3, 3)
+    assert eager.module(x) is not None
+    assert eager.module(x[:0]) is None  # empty: the Python path's own handling
+    monkeypatch.setattr(eager, "ENABLED", False)
+    assert eager.module(x) is None and not eager.status()["enabled"]
+
+
+def test_a_refused_permutation_is_named_on_the_eager_path():
+    C = 4
+    x = torch.randn(2, C, 3, 3)
+    P = torch.eye(C)
+    P[0, 0] = 2.0
+    with pytest.raises(ValueError, match="P must be a permutation matrix"):
+        ops.actnorm_invconv_lu(x, torch.zeros(C), torch.zeros(C), torch.zeros(C, C), torch.zeros(C, C),
+                               torch.zeros(C), P, torch.ones(C))
