@@ -283,7 +283,7 @@ FLAG_OF_FIELD = {"levels": "--levels", "steps": "--flow-steps", "hidden": "--hid
                  "skip": "--skip", "affine": "--coupling", "coupling_net": "--coupling-net",
                  "pad_context": "--pad-context", "prior_blocks": "--prior-blocks", "prior_hidden": "--prior-hidden",
                  "prior_channels": "--prior-channels", "advect": "--advect",
-                 "advect_corr": "--advect-corr"}
+                 "advect_corr": "--advect-corr", "advect_mixture": "--advect-mixture"}
 CGLOW_FLAG_OF_FIELD = {"levels": "--levels", "steps": "--flow-steps", "hidden": "--hidden", "n_bits": "--n-bits",
                        "image_size": "--image-size", "affine": "--coupling", "variant": "--variant",
                        "state_channels": "--state-channels", "tbptt": "--tbptt", "num_labels": "--label (its classes)"}
@@ -305,7 +305,7 @@ def resolve_config(args):
                  "skip": args.skip, "affine": None if args.coupling is None else args.coupling == "affine",
                  "coupling_net": args.coupling_net, "pad_context": args.pad_context,
                  "prior_blocks": args.prior_blocks, "prior_hidden": args.prior_hidden, "advect": args.advect,
-                 "advect_corr": args.advect_corr}
+                 "advect_corr": args.advect_corr, "advect_mixture": args.advect_mixture}
     try:
         cfg = dataclasses.replace(CONFIGS[args.config], **{k: v for k, v in overrides.items() if v is not None})
     except ValueError as e:  # a combination the config refuses, e.g. --advect with --no-skip
@@ -929,6 +929,9 @@ def parser():
     v.add_argument("--advect", type=advect_size, default=None,
                    help="override the config's advection: 0 (off), or an odd K: the prior's mean moves the previous "
                         "latent by a K x K kernel it predicts per clip (needs the latent skip)")
+    v.add_argument("--advect-mixture", action=argparse.BooleanOptionalAction, default=None,
+                   help="override the config's value: the advection's taps weigh a mixture of shifted copies (a "
+                        "sample picks one) instead of blending them (needs --advect)")
     v.add_argument("--advect-corr", action=argparse.BooleanOptionalAction, default=None,
                    help="override the config's value: the advection kernel also sees how well each of its offsets "
                         "matches the move between the last two latents (needs --advect and --context >= 2)")

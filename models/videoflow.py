@@ -61,6 +61,10 @@ class VideoFlowConfig:
     # latents' deviations from their means at that offset (how well the move from t-2 to t-1 is that offset: a
     # constant-velocity cue, as a cost volume in optical flow), times a learned scale starting at ADVECT_CORR_SCALE
     advect_corr: bool = False
+    # with advect: the kernel's taps are the weights of a mixture, p(z_t) = sum_o pi_o N(shift_o(z_{t-1}) + delta,
+    # sigma), rather than of a blend of shifts: an uncertain move (the first frame's 8 directions, a sub-pixel one)
+    # is then a choice between sharp copies, not their average, and a sample picks one shift
+    advect_mixture: bool = False
     cond_kernel: int = 1  # the conv taking h_t^(>l) into the prior: 1 (1x1), or 3 (the reference: zero-init 3x3)
     gated: bool = True  # gated activation unit (else ReLU)
     dilations: Tuple[int, ...] = (1, 2, 4)
@@ -78,6 +82,8 @@ class VideoFlowConfig:
         if self.advect and (self.advect < 0 or self.advect % 2 == 0 or not self.skip):
             raise ValueError(f"VideoFlowConfig: advect must be 0 (off) or an odd kernel size with skip=True, got "
                              f"advect={self.advect}, skip={self.skip}")
+        if self.advect_mixture and not self.advect:
+            raise ValueError("VideoFlowConfig: advect_mixture needs advect > 0")
         if self.advect_corr and not (self.advect and self.context >= 2):
             raise ValueError(f"VideoFlowConfig: advect_corr needs advect > 0 and context >= 2, got advect="
                              f"{self.advect}, context={self.context}")
@@ -136,6 +142,15 @@ def offset_correlation(before: torch.Tensor, after: torch.Tensor, k: int) -> tor
     corr = (patches * a.reshape(N, C, 1, H * W)).sum((1, 3))
     norm = a.flatten(1).norm(dim=1) * b.flatten(1).norm(dim=1)
     return corr / (norm.unsqueeze(1) + 1e-6)
+
+
+def shifted_copies(z: torch.Tensor, k: int) -> torch.Tensor:
+    """(N, k*k, C, H, W): copy o of z (N, C, H, W) is z[:, :, p + o - k//2] (border replicated), the latent moved by
+    -(o - k//2): advect's tap o alone."""
+    N, C, H, W = z.shape
+    r = k // 2
+    cols = F.unfold(F.pad(z, (r, r, r, r), mode="replicate"), k)  # (N, C*k*k, H*W)
+    return cols.view(N, C, k * k, H, W).transpose(1, 2)
 
 
 def gaussian_logp(z, mean, logs):
@@ -213,18 +228,68 @@ class LatentPrior(nn.Module):
             self.register_buffer("advect_bias", bias)
             self.advect_corr_log_scale = nn.Parameter(torch.tensor(math.log(ADVECT_CORR_SCALE))) \
                 if cfg.advect_corr else None
+        self.mixture = cfg.advect_mixture
+
+    def advect_tap_logits(self, feat: torch.Tensor, prev: torch.Tensor) -> torch.Tensor:
+        """(N, k*k) logits of the advection's taps from the last features (N, width, H, W), averaged over the frame,
+        and with advect_corr from the correlation of the last two latents of the window prev (N, n, C, H, W)."""
+        logits = self.advect_logits(feat).mean((2, 3)) + self.advect_bias
+        if self.advect_corr_log_scale is not None:
+            k = int(round(logits.shape[1] ** 0.5))
+            logits = logits + self.advect_corr_log_scale.exp() * offset_correlation(prev[:, -2], prev[:, -1], k)
+        return logits
 
     def advect_kernel(self, feat: torch.Tensor, prev: torch.Tensor) -> torch.Tensor:
-        """(N, k, k) softmax kernel from the last features (N, width, H, W), averaged over the frame, and with
-        advect_corr from the correlation of the last two latents of the window prev (N, n, C, H, W)."""
-        logits = self.advect_logits(feat).mean((2, 3)) + self.advect_bias
+        """(N, k, k): the taps' softmax."""
+        logits = self.advect_tap_logits(feat, prev)
         k = int(round(logits.shape[1] ** 0.5))
-        if self.advect_corr_log_scale is not None:
-            logits = logits + self.advect_corr_log_scale.exp() * offset_correlation(prev[:, -2], prev[:, -1], k)
         return logits.softmax(1).view(-1, k, k)
 
     def forward(self, prev: torch.Tensor, h: Optional[torch.Tensor]):
-        """prev (N, n, C, H, W): the n previous latents, oldest first; h (N, Ch, H, W) or None."""
+        """(mean, logs). prev (N, n, C, H, W): the n previous latents, oldest first; h (N, Ch, H, W) or None. With
+        advect_mixture, the mean is the mixture's (its weights times its components' means)."""
+        if self.mixture:
+            means, logs, log_pi = self.mixture_parts(prev, h)
+            return (log_pi.exp()[:, :, None, None, None] * means).sum(1), logs
+        feat, delta, logs = self._head(prev, h)
+        if not self.skip:
+            return delta, logs
+        last = prev[:, -1] if self.advect_logits is None else advect(prev[:, -1], self.advect_kernel(feat, prev))
+        return last + delta, logs
+
+    def mixture_parts(self, prev: torch.Tensor, h: Optional[torch.Tensor]):
+        """advect_mixture: (means (N, K, C, H, W), logs (N, C, H, W), log weights (N, K)), K = k*k shifts."""
+        feat, delta, logs = self._head(prev, h)
+        log_pi = self.advect_tap_logits(feat, prev).log_softmax(1)
+        k = int(round(log_pi.shape[1] ** 0.5))
+        return shifted_copies(prev[:, -1], k) + delta.unsqueeze(1), logs, log_pi
+
+    def log_prob(self, z: torch.Tensor, prev: torch.Tensor, h: Optional[torch.Tensor]) -> torch.Tensor:
+        """log p(z | prev, h) per sample (N,)."""
+        if not self.mixture:
+            mean, logs = self(prev, h)
+            return gaussian_logp(z, mean, logs)
+        means, logs, log_pi = self.mixture_parts(prev, h)
+        N, K = log_pi.shape
+        per = gaussian_logp(z.unsqueeze(1).expand_as(means).flatten(0, 1), means.flatten(0, 1),
+                            logs.unsqueeze(1).expand_as(means).flatten(0, 1)).view(N, K)
+        return torch.logsumexp(log_pi + per, 1)
+
+    def sample(self, prev: torch.Tensor, h: Optional[torch.Tensor], temperature: float, generator=None):
+        """z ~ p(z | prev, h) with its noise scaled by temperature; a mixture picks its component at random (the most
+        likely one at temperature 0)."""
+        if not self.mixture:
+            mean, logs = self(prev, h)
+        else:
+            means, logs, log_pi = self.mixture_parts(prev, h)
+            pick = log_pi.argmax(1) if temperature == 0 else \
+                torch.multinomial(log_pi.exp(), 1, generator=generator).squeeze(1)
+            mean = means[torch.arange(means.shape[0], device=means.device), pick]
+        eps = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+        return mean + temperature * torch.exp(logs) * eps
+
+    def _head(self, prev: torch.Tensor, h: Optional[torch.Tensor]):
+        """(the last features (N, width, H, W), delta, logs)."""
         N, n, C, H, W = prev.shape
         x = prev
         if self.cond is not None:
@@ -233,11 +298,7 @@ class LatentPrior(nn.Module):
         x = self.blocks(self.inp(x.transpose(1, 2)))  # (N, channels, n, H, W)
         feat = x[:, :, -1]  # the last temporal activation sees the whole window
         out = self.out(feat)
-        delta, logs = out[:, :C], out[:, C:]
-        if not self.skip:
-            return delta, logs
-        last = prev[:, -1] if self.advect_logits is None else advect(prev[:, -1], self.advect_kernel(feat, prev))
-        return last + delta, logs
+        return feat, out[:, :C], out[:, C:]
 
 
 class FirstFramePrior(nn.Module):
@@ -312,6 +373,28 @@ class VideoFlow(nn.Module):
             logss.append(s.unsqueeze(1))
         return torch.cat(means, 1), torch.cat(logss, 1)
 
+    def _level_logp(self, level: int, z: torch.Tensor, h: Optional[torch.Tensor]) -> torch.Tensor:
+        """log p(z_t | z_<t, h_t) of every frame of level `level`: (B, T)."""
+        B, T = z.shape[:2]
+        if not self.cfg.advect_mixture:
+            mean, logs = self._level_prior(level, z, h)
+            return gaussian_logp(z.flatten(0, 1), mean.flatten(0, 1), logs.flatten(0, 1)).view(B, T)
+        n, out = self.cfg.context, []
+        first = min(self.first_conditioned, T)
+        if first:
+            m, s = self.first_priors[level](z[:, :first].flatten(0, 1).shape,
+                                            None if h is None else h[:, :first].flatten(0, 1))
+            out.append(gaussian_logp(z[:, :first].flatten(0, 1), m, s).view(B, first))
+        prior = self.priors[level]
+        for t in range(first, T):  # a checkpointed call per frame, as in _level_prior
+            window = z[:, t - n:t] if t >= n else self._window(list(z[:, :t].unbind(1)))
+            args = (z[:, t], window, None if h is None else h[:, t])
+            if self.cfg.checkpoint_prior and torch.is_grad_enabled():
+                out.append(ckpt.checkpoint(prior.log_prob, *args, use_reentrant=False).unsqueeze(1))
+            else:
+                out.append(prior.log_prob(*args).unsqueeze(1))
+        return torch.cat(out, 1)
+
     @property
     def first_conditioned(self) -> int:
         """The first frame whose prior is the latent prior network (the earlier ones use the first-frame prior)."""
@@ -332,8 +415,7 @@ class VideoFlow(nn.Module):
         for level, z in enumerate(zs):
             z = z.view(B, T, *z.shape[1:])
             h = hs[level].view(B, T, *hs[level].shape[1:]) if level < len(hs) else None
-            mean, logs = self._level_prior(level, z, h)
-            lp = lp + gaussian_logp(z.flatten(0, 1), mean.flatten(0, 1), logs.flatten(0, 1)).view(B, T)
+            lp = lp + self._level_logp(level, z, h)
         return lp
 
     def forward(self, video: torch.Tensor) -> torch.Tensor:
@@ -359,11 +441,11 @@ class VideoFlow(nn.Module):
             past = history[level]
             if len(past) < self.first_conditioned:
                 mean, logs = self.first_priors[level]((batch,) + self.latent_shapes[level], h)
+                p = next(self.parameters())
+                eps = torch.randn(mean.shape, generator=generator, device=p.device, dtype=p.dtype)
+                z = mean + temperature * torch.exp(logs) * eps
             else:
-                mean, logs = self.priors[level](self._window(past), h)
-            p = next(self.parameters())
-            eps = torch.randn(mean.shape, generator=generator, device=p.device, dtype=p.dtype)
-            z = mean + temperature * torch.exp(logs) * eps
+                z = self.priors[level].sample(self._window(past), h, temperature, generator)
             new[level] = z
             h, _ = self.glow.decode_level(level, z, h)
         for level in range(self.cfg.levels):

@@ -1,5 +1,6 @@
 """VideoFlow: likelihood structure, sampling/likelihood agreement, memory-saving modes, ablation options."""
 import dataclasses
+import math
 
 import pytest
 import torch
@@ -120,7 +121,8 @@ def test_training_memory_grows_by_latents_not_activations():
 @pytest.mark.parametrize("opts", [dict(skip=False), dict(gated=False), dict(dilations=(1,)), dict(affine=False),
                                   dict(context=1), dict(coupling_net="gatu"), dict(cond_kernel=3),
                                   dict(prior_channels=None), dict(advect=3), dict(advect=5, pad_context=True),
-                                  dict(advect=3, advect_corr=True, pad_context=True)])
+                                  dict(advect=3, advect_corr=True, pad_context=True),
+                                  dict(advect=3, advect_corr=True, advect_mixture=True, pad_context=True)])
 def test_ablation_options(opts):
     m = model(**opts)
     lp = m.log_prob_frames(video(T=4))
@@ -252,3 +254,55 @@ def test_offset_correlation_finds_the_move_that_advect_repeats():
     for i, d in enumerate(moves):
         assert torch.allclose(z2[i], z1[i].roll(d, (-2, -1)))
     assert torch.equal(offset_correlation(torch.zeros_like(z0), z1, 5), torch.zeros(2, 25, dtype=z1.dtype))
+
+
+def _mixture_prior(**kw):
+    torch.manual_seed(0)
+    m = VideoFlow(dataclasses.replace(TINY, advect=3, advect_mixture=True, **kw)).double()
+    prior = m.priors[0]
+    with torch.no_grad():
+        for q in list(prior.out.parameters()) + list(prior.advect_logits.parameters()):
+            q.add_(0.05 * torch.randn_like(q))
+    shape = m.latent_shapes[0]
+    prev = torch.randn(3, TINY.context, *shape, dtype=torch.float64)
+    h = torch.randn(3, prior.cond.in_channels, *shape[1:], dtype=torch.float64)
+    return m, prior, prev, h
+
+
+def test_advect_mixture_likelihood_is_the_mixture_of_shifted_gaussians():
+    """log p(z) = log sum_o pi_o N(z; shift_o(z_{t-1}) + delta, sigma), checked against each shift made with advect's
+    one-hot kernels; the mean the module reports is the mixture's."""
+    from flowkern.models.videoflow import advect, gaussian_logp
+    m, prior, prev, h = _mixture_prior()
+    z = torch.randn_like(prev[:, -1])
+    feat, delta, logs = prior._head(prev, h)
+    pi = prior.advect_kernel(feat, prev).flatten(1)
+    comps = [advect(prev[:, -1], torch.nn.functional.one_hot(torch.tensor(o), 9).view(1, 3, 3).double().expand(3, 3, 3))
+             + delta for o in range(9)]
+    want = torch.logsumexp(torch.stack([pi[:, o].log() + gaussian_logp(z, c, logs) for o, c in enumerate(comps)], 1),
+                           1)
+    assert torch.allclose(prior.log_prob(z, prev, h), want, rtol=1e-12)
+    mean, _ = prior(prev, h)
+    assert torch.allclose(mean, sum(pi[:, o, None, None, None] * c for o, c in enumerate(comps)))
+
+
+def test_advect_mixture_samples_pick_one_shift_with_its_weight():
+    """A sample is one shifted copy (not a blend), drawn with its weight; at temperature 0 the most likely one."""
+    from flowkern.models.videoflow import shifted_copies
+    m, prior, prev, h = _mixture_prior()
+    with torch.no_grad():
+        nn_ = torch.nn
+        nn_.init.zeros_(prior.advect_logits.weight)
+        bias = torch.full((9,), -30.0, dtype=torch.float64)
+        bias[1], bias[5] = math.log(0.7), math.log(0.3)
+        prior.advect_logits.bias.copy_(bias - prior.advect_bias)
+        N = 2000
+        prev_n, h_n = prev[:1].expand(N, *prev.shape[1:]), h[:1].expand(N, *h.shape[1:])
+        g = torch.Generator().manual_seed(3)
+        z = prior.sample(prev_n, h_n, 1e-9, g)
+        _, delta, _ = prior._head(prev[:1], h[:1])
+        comps = shifted_copies(prev[:1, -1], 3)[0] + delta  # (9, C, H, W)
+        which = torch.cdist(z.flatten(1), comps.flatten(1)).argmin(1)
+        assert set(which.tolist()) == {1, 5}
+        assert abs((which == 1).double().mean().item() - 0.7) < 0.04
+        assert torch.allclose(prior.sample(prev[:1], h[:1], 0.0)[0], comps[1])
