@@ -85,4 +85,6 @@ def environment(device: str) -> dict:
             env["device"] = f"{names[0]} ({len(names)} cores)" if names else env["device"]
         except OSError:
             pass
+        from flowkern import _ext
+        env["cpu_vector_isa"] = _ext._C.cpu.vector_isa() if _ext.native_available() else None
     return env

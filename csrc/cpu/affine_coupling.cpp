@@ -37,32 +37,42 @@ FK_INLINE void affine_bwd_chunk(const T* yb, const T* hs, const T* g, T gl, T* g
   }
 }
 
-// float instances get AVX-512/AVX2 clones (target_clones takes no templates: one function per variant);
-// double (tests) stays plain
-FK_CLONES float fwd_sigmoid_f32(const float* a, const float* ht, const float* hs, float* o, int64_t n) {
-  return affine_chunk<float, false, false>(a, ht, hs, o, n);
-}
-FK_CLONES float inv_sigmoid_f32(const float* a, const float* ht, const float* hs, float* o, int64_t n) {
-  return affine_chunk<float, true, false>(a, ht, hs, o, n);
-}
-FK_CLONES float fwd_exp_f32(const float* a, const float* ht, const float* hs, float* o, int64_t n) {
-  return affine_chunk<float, false, true>(a, ht, hs, o, n);
-}
-FK_CLONES float inv_exp_f32(const float* a, const float* ht, const float* hs, float* o, int64_t n) {
-  return affine_chunk<float, true, true>(a, ht, hs, o, n);
-}
-FK_CLONES void bwd_sigmoid_f32(const float* yb, const float* hs, const float* g, float gl, float* gx, float* ght,
-                               float* ghs, int64_t n) {
-  affine_bwd_chunk<float, false>(yb, hs, g, gl, gx, ght, ghs, n);
-}
-FK_CLONES void bwd_exp_f32(const float* yb, const float* hs, const float* g, float gl, float* gx, float* ght,
-                           float* ghs, int64_t n) {
-  affine_bwd_chunk<float, true>(yb, hs, g, gl, gx, ght, ghs, n);
-}
+// float instances: an AVX-512 build and AVX2 / baseline clones of each (target attributes take no templates: one
+// function per variant); double (tests) stays plain
+#define FK_COUPLING_F32(SUFFIX, ATTR)                                                                                 \
+  ATTR float fwd_sigmoid_f32##SUFFIX(const float* a, const float* ht, const float* hs, float* o, int64_t n) {         \
+    return affine_chunk<float, false, false>(a, ht, hs, o, n);                                                        \
+  }                                                                                                                   \
+  ATTR float inv_sigmoid_f32##SUFFIX(const float* a, const float* ht, const float* hs, float* o, int64_t n) {         \
+    return affine_chunk<float, true, false>(a, ht, hs, o, n);                                                         \
+  }                                                                                                                   \
+  ATTR float fwd_exp_f32##SUFFIX(const float* a, const float* ht, const float* hs, float* o, int64_t n) {             \
+    return affine_chunk<float, false, true>(a, ht, hs, o, n);                                                         \
+  }                                                                                                                   \
+  ATTR float inv_exp_f32##SUFFIX(const float* a, const float* ht, const float* hs, float* o, int64_t n) {             \
+    return affine_chunk<float, true, true>(a, ht, hs, o, n);                                                          \
+  }                                                                                                                   \
+  ATTR void bwd_sigmoid_f32##SUFFIX(const float* yb, const float* hs, const float* g, float gl, float* gx, float* ght, \
+                                    float* ghs, int64_t n) {                                                          \
+    affine_bwd_chunk<float, false>(yb, hs, g, gl, gx, ght, ghs, n);                                                   \
+  }                                                                                                                   \
+  ATTR void bwd_exp_f32##SUFFIX(const float* yb, const float* hs, const float* g, float gl, float* gx, float* ght,     \
+                                float* ghs, int64_t n) {                                                              \
+    affine_bwd_chunk<float, true>(yb, hs, g, gl, gx, ght, ghs, n);                                                    \
+  }
+FK_COUPLING_F32(_avx512, FK_AVX512)
+FK_COUPLING_F32(, FK_CLONES)
+#undef FK_COUPLING_F32
+
 template <bool INVERSE, bool EXP>
 float chunk_any(const float* a, const float* ht, const float* hs, float* o, int64_t n) {
-  if constexpr (EXP) return INVERSE ? inv_exp_f32(a, ht, hs, o, n) : fwd_exp_f32(a, ht, hs, o, n);
-  return INVERSE ? inv_sigmoid_f32(a, ht, hs, o, n) : fwd_sigmoid_f32(a, ht, hs, o, n);
+  const bool wide = has_avx512();
+  if constexpr (EXP) {
+    if constexpr (INVERSE) return (wide ? inv_exp_f32_avx512 : inv_exp_f32)(a, ht, hs, o, n);
+    return (wide ? fwd_exp_f32_avx512 : fwd_exp_f32)(a, ht, hs, o, n);
+  }
+  if constexpr (INVERSE) return (wide ? inv_sigmoid_f32_avx512 : inv_sigmoid_f32)(a, ht, hs, o, n);
+  return (wide ? fwd_sigmoid_f32_avx512 : fwd_sigmoid_f32)(a, ht, hs, o, n);
 }
 template <bool INVERSE, bool EXP>
 double chunk_any(const double* a, const double* ht, const double* hs, double* o, int64_t n) {
@@ -70,7 +80,10 @@ double chunk_any(const double* a, const double* ht, const double* hs, double* o,
 }
 template <bool EXP>
 void bwd_any(const float* yb, const float* hs, const float* g, float gl, float* gx, float* ght, float* ghs, int64_t n) {
-  (EXP ? bwd_exp_f32 : bwd_sigmoid_f32)(yb, hs, g, gl, gx, ght, ghs, n);
+  if (has_avx512())
+    (EXP ? bwd_exp_f32_avx512 : bwd_sigmoid_f32_avx512)(yb, hs, g, gl, gx, ght, ghs, n);
+  else
+    (EXP ? bwd_exp_f32 : bwd_sigmoid_f32)(yb, hs, g, gl, gx, ght, ghs, n);
 }
 template <bool EXP>
 void bwd_any(const double* yb, const double* hs, const double* g, double gl, double* gx, double* ght, double* ghs,

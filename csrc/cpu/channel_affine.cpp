@@ -9,6 +9,10 @@
 
 #include "cpu/common.h"
 
+// Vectors cross function boundaries only in always_inline helpers (no call, so no ABI): gcc's note that their
+// signatures would change the ABI between the builds does not apply.
+#pragma GCC diagnostic ignored "-Wpsabi"
+
 namespace flowkern {
 namespace cpu {
 namespace {
@@ -17,25 +21,59 @@ constexpr int64_t kTile = 256;  // pixels per tile: C x kTile floats stay in L1/
 
 // out[i, 0:np] = bias[i] + sum_j M(i, j) * in[j, 0:np], rows of `in`/`out` strided by HW.
 // M(i, j) = M[i*C + j], or M[j*C + i] when `transposed`.
-// Register blocking: a 4- or 6-row x 16-pixel accumulator block stays in vector registers across the whole j loop, so
+// Register blocking: a 4- or 6-row x 2-vector accumulator block stays in vector registers across the whole j loop, so
 // each x load feeds 4-6 FMAs; the ragged edges take a plain path.
-// 8 floats, loaded and stored unaligned: gcc keeps arrays of them in vector registers (ymm in the AVX2 clone, pairs of
-// xmm in the baseline one), which plain arrays with `omp simd` did not guarantee.
-typedef float v8f __attribute__((vector_size(32), aligned(4)));
+// V: 8 floats (ymm in the AVX2 build, pairs of xmm in the baseline one) or 16 (zmm, the AVX-512 build): gcc keeps
+// arrays of them in vector registers, which plain arrays with `omp simd` did not guarantee. Loads and stores go
+// through load_v / store_v (unaligned: rows start anywhere; an aligned(4) typedef loses its attribute as a template
+// argument).
+typedef float v4f __attribute__((vector_size(16)));
+typedef float v8f __attribute__((vector_size(32)));
+typedef float v16f __attribute__((vector_size(64)));
+template <typename V>
+constexpr int64_t kLanes = sizeof(V) / sizeof(float);
+template <typename V>
+FK_INLINE V load_v(const float* p) {
+  V v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+template <typename V>
+FK_INLINE void store_v(float* p, V v) {
+  std::memcpy(p, &v, sizeof v);
+}
 
-// The float main block: RB rows x 16 pixels of accumulators (2*RB vectors) live in registers across the j loop.
-template <int RB>
+// The sum of a vector's lanes, as a tree of half-width vector adds: a chain of scalar adds over 16 lanes cost the
+// AVX-512 build as much as the FMAs of a 16-pixel-deep outer product block.
+FK_INLINE float lane_sum(v4f v) { return (v[0] + v[2]) + (v[1] + v[3]); }
+FK_INLINE float lane_sum(v8f v) {
+  v4f lo, hi;
+  std::memcpy(&lo, &v, sizeof lo);
+  std::memcpy(&hi, reinterpret_cast<const char*>(&v) + sizeof lo, sizeof hi);
+  return lane_sum(lo + hi);
+}
+FK_INLINE float lane_sum(v16f v) {
+  v8f lo, hi;
+  std::memcpy(&lo, &v, sizeof lo);
+  std::memcpy(&hi, reinterpret_cast<const char*>(&v) + sizeof lo, sizeof hi);
+  return lane_sum(lo + hi);
+}
+
+// The float main block: RB rows x 2 vectors of pixels of accumulators (2*RB vectors) live in registers across the j
+// loop.
+template <int RB, typename V>
 FK_INLINE void affine_block_f32(const float* in, const float* M, const float* bias, float* out, int64_t C, int64_t HW,
                                 int64_t i0, int64_t p0, bool transposed) {
-  v8f acc[RB][2];
+  constexpr int64_t L = kLanes<V>;
+  V acc[RB][2];
   for (int r = 0; r < RB; ++r) {
     const float b0 = bias ? bias[i0 + r] : 0.0f;
-    acc[r][0] = acc[r][1] = v8f{b0, b0, b0, b0, b0, b0, b0, b0};
+    acc[r][0] = acc[r][1] = V{} + b0;
   }
   const int64_t row = transposed ? 1 : C, col = transposed ? C : 1;  // M(i, j) = M[i*row + j*col]
   for (int64_t j = 0; j < C; ++j) {
-    const v8f x0 = *reinterpret_cast<const v8f*>(in + j * HW + p0);
-    const v8f x1 = *reinterpret_cast<const v8f*>(in + j * HW + p0 + 8);
+    const V x0 = load_v<V>(in + j * HW + p0);
+    const V x1 = load_v<V>(in + j * HW + p0 + L);
     for (int r = 0; r < RB; ++r) {
       const float a = M[(i0 + r) * row + j * col];
       acc[r][0] += a * x0;
@@ -43,27 +81,28 @@ FK_INLINE void affine_block_f32(const float* in, const float* M, const float* bi
     }
   }
   for (int r = 0; r < RB; ++r) {
-    *reinterpret_cast<v8f*>(out + (i0 + r) * HW + p0) = acc[r][0];
-    *reinterpret_cast<v8f*>(out + (i0 + r) * HW + p0 + 8) = acc[r][1];
+    store_v(out + (i0 + r) * HW + p0, acc[r][0]);
+    store_v(out + (i0 + r) * HW + p0 + L, acc[r][1]);
   }
 }
 
-template <typename T>
+template <typename T, typename V = v8f>
 FK_INLINE void affine_tile(const T* in, const T* M, const T* bias, T* out, int64_t C, int64_t HW, int64_t np,
                            bool transposed) {
-  constexpr int64_t PB = 16;
+  constexpr int64_t PB = std::is_same_v<T, float> ? 2 * kLanes<V> : 16;
   auto m = [&](int64_t i, int64_t j) { return transposed ? M[j * C + i] : M[i * C + j]; };
-  // float: 6-row blocks where C allows (12 accumulators + 2 x vectors + 1 broadcast fill the 16 ymm registers),
-  // else 4; double (tests) takes the plain loop with 4-row blocks.
+  // float: 6-row blocks where C allows (12 accumulators + 2 x vectors + 1 broadcast fill the 16 ymm registers of
+  // the AVX2 build; the AVX-512 build keeps the shape at twice the width), else 4; double (tests) takes the plain loop
+  // with 4-row blocks.
   const int64_t RB = (std::is_same_v<T, float> && C % 6 == 0) ? 6 : 4;
   const int64_t np_full = np - np % PB, C_full = C - C % RB;
   for (int64_t p0 = 0; p0 < np_full; p0 += PB) {
     for (int64_t i0 = 0; i0 < C_full; i0 += RB) {
       if constexpr (std::is_same_v<T, float>) {
         if (RB == 6)
-          affine_block_f32<6>(in, M, bias, out, C, HW, i0, p0, transposed);
+          affine_block_f32<6, V>(in, M, bias, out, C, HW, i0, p0, transposed);
         else
-          affine_block_f32<4>(in, M, bias, out, C, HW, i0, p0, transposed);
+          affine_block_f32<4, V>(in, M, bias, out, C, HW, i0, p0, transposed);
       } else {
         T acc[4][PB];
         for (int64_t r = 0; r < 4; ++r)
@@ -102,30 +141,28 @@ FK_INLINE void affine_tile(const T* in, const T* M, const T* bias, T* out, int64
 // dA[i, j] += sum_p dy[i, p] x[j, p] and dc[i] += sum_p dy[i, p] over np pixels (rows strided by HW).
 // A small GEMM: output blocks with 8-pixel vector accumulators in registers (float 3 x 4: 7 loads per 12 FMAs;
 // double 4 x 2), one horizontal sum per entry per call. Fixed order: deterministic.
-// float: 3 x 4 output blocks of v8f accumulators (12 registers, + 3 dy vectors + 1 x vector = 16): 7 loads per 12 FMAs.
+// float: 3 x 4 output blocks of V accumulators (12 registers, + 3 dy vectors + 1 x vector = 16): 7 loads per 12 FMAs.
+template <typename V>
 FK_INLINE void outer_block_f32(const float* const (&dyr)[3], const float* const (&xr)[4], float (&out)[3][4],
                                int64_t np_full) {
-  v8f acc[3][4] = {};
-  for (int64_t p0 = 0; p0 < np_full; p0 += 8) {
-    v8f d[3];
-    for (int r = 0; r < 3; ++r) d[r] = *reinterpret_cast<const v8f*>(dyr[r] + p0);
+  constexpr int64_t L = kLanes<V>;
+  V acc[3][4] = {};
+  for (int64_t p0 = 0; p0 < np_full; p0 += L) {
+    V d[3];
+    for (int r = 0; r < 3; ++r) d[r] = load_v<V>(dyr[r] + p0);
     for (int q = 0; q < 4; ++q) {
-      const v8f xv = *reinterpret_cast<const v8f*>(xr[q] + p0);
+      const V xv = load_v<V>(xr[q] + p0);
       for (int r = 0; r < 3; ++r) acc[r][q] += d[r] * xv;
     }
   }
   for (int r = 0; r < 3; ++r)
-    for (int q = 0; q < 4; ++q) {
-      float t = 0;
-      for (int v = 0; v < 8; ++v) t += acc[r][q][v];
-      out[r][q] = t;
-    }
+    for (int q = 0; q < 4; ++q) out[r][q] = lane_sum(acc[r][q]);
 }
 
-template <typename T>
+template <typename T, typename VF = v8f>
 FK_INLINE void accumulate_outer(const T* dy, const T* x, T* dA, T* dc, int64_t C, int64_t HW, int64_t np) {
   constexpr bool kF32 = std::is_same_v<T, float>;
-  constexpr int64_t IB = kF32 ? 3 : 4, JB = kF32 ? 4 : 2, V = 8;
+  constexpr int64_t IB = kF32 ? 3 : 4, JB = kF32 ? 4 : 2, V = kF32 ? kLanes<VF> : 8;
   const int64_t np_full = np - np % V;
   for (int64_t i = 0; i < C; ++i) {
     const T* dyi = dy + i * HW;
@@ -144,7 +181,7 @@ FK_INLINE void accumulate_outer(const T* dy, const T* x, T* dA, T* dc, int64_t C
       for (int64_t q = 0; q < JB; ++q) xr[q] = x + std::min(j0 + q, C - 1) * HW;
       T sums[IB][JB];
       if constexpr (kF32) {
-        outer_block_f32(dyr, xr, sums, np_full);
+        outer_block_f32<VF>(dyr, xr, sums, np_full);
       } else {
         T acc[IB][JB][V] = {};
         for (int64_t p0 = 0; p0 < np_full; p0 += V)
@@ -169,7 +206,7 @@ FK_INLINE void accumulate_outer(const T* dy, const T* x, T* dA, T* dc, int64_t C
 }
 
 // One backward chunk (sample n, pixels [c0, c1)): dx = A^T dy, and this chunk's dA and dc partials.
-template <typename T>
+template <typename T, typename V = v8f>
 FK_INLINE void bwd_chunk(const T* x, const T* dy, const T* A, T* dx, T* dA, T* dc, int64_t C, int64_t HW,
                          int64_t c0, int64_t c1) {
   for (int64_t i = 0; i < C * C; ++i) dA[i] = T(0);
@@ -178,29 +215,38 @@ FK_INLINE void bwd_chunk(const T* x, const T* dy, const T* A, T* dx, T* dA, T* d
     const int64_t np = std::min(kTile, c1 - p0);
     const T* x_t = x + p0;
     const T* dy_t = dy + p0;
-    affine_tile<T>(dy_t, A, nullptr, dx + p0, C, HW, np, /*transposed=*/true);
-    accumulate_outer(dy_t, x_t, dA, dc, C, HW, np);
+    affine_tile<T, V>(dy_t, A, nullptr, dx + p0, C, HW, np, /*transposed=*/true);
+    accumulate_outer<T, V>(dy_t, x_t, dA, dc, C, HW, np);
   }
 }
 
-// float instances get AVX2 clones; double (tests) stays plain
+// float instances: an AVX-512 build on 16-float vectors and AVX2 / baseline clones on 8-float ones; double (tests)
+// stays plain
+FK_AVX512 void fwd_tile_f32_avx512(const float* x, const float* A, const float* c, float* y, int64_t C, int64_t HW,
+                                   int64_t np) {
+  affine_tile<float, v16f>(x, A, c, y, C, HW, np, false);
+}
 FK_CLONES void fwd_tile_f32(const float* x, const float* A, const float* c, float* y, int64_t C, int64_t HW,
                             int64_t np) {
-  affine_tile<float>(x, A, c, y, C, HW, np, false);
+  affine_tile<float, v8f>(x, A, c, y, C, HW, np, false);
+}
+FK_AVX512 void bwd_chunk_f32_avx512(const float* x, const float* dy, const float* A, float* dx, float* dA, float* dc,
+                                    int64_t C, int64_t HW, int64_t c0, int64_t c1) {
+  bwd_chunk<float, v16f>(x, dy, A, dx, dA, dc, C, HW, c0, c1);
 }
 FK_CLONES void bwd_chunk_f32(const float* x, const float* dy, const float* A, float* dx, float* dA, float* dc,
                              int64_t C, int64_t HW, int64_t c0, int64_t c1) {
-  bwd_chunk<float>(x, dy, A, dx, dA, dc, C, HW, c0, c1);
+  bwd_chunk<float, v8f>(x, dy, A, dx, dA, dc, C, HW, c0, c1);
 }
 void fwd_tile_any(const float* x, const float* A, const float* c, float* y, int64_t C, int64_t HW, int64_t np) {
-  fwd_tile_f32(x, A, c, y, C, HW, np);
+  (has_avx512() ? fwd_tile_f32_avx512 : fwd_tile_f32)(x, A, c, y, C, HW, np);
 }
 void fwd_tile_any(const double* x, const double* A, const double* c, double* y, int64_t C, int64_t HW, int64_t np) {
   affine_tile<double>(x, A, c, y, C, HW, np, false);
 }
 void bwd_chunk_any(const float* x, const float* dy, const float* A, float* dx, float* dA, float* dc, int64_t C,
                    int64_t HW, int64_t c0, int64_t c1) {
-  bwd_chunk_f32(x, dy, A, dx, dA, dc, C, HW, c0, c1);
+  (has_avx512() ? bwd_chunk_f32_avx512 : bwd_chunk_f32)(x, dy, A, dx, dA, dc, C, HW, c0, c1);
 }
 void bwd_chunk_any(const double* x, const double* dy, const double* A, double* dx, double* dA, double* dc, int64_t C,
                    int64_t HW, int64_t c0, int64_t c1) {

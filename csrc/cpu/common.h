@@ -1,8 +1,10 @@
 // Helpers shared by the CPU kernels: portable vectorisation, the coupling's sigmoid math, dtype dispatch.
 //
-// FK_CLONES: build a function three times, for x86-64-v4 (AVX-512), x86-64-v3 (AVX2 + FMA) and the baseline, and
-// pick one at load time (ifunc). A build thus runs everywhere (no -march=native, no SIGILL on older CPUs) and uses
-// the widest vectors the CPU has, as torch's own CPU kernels do.
+// FK_CLONES: build a function for x86-64-v3 (AVX2 + FMA) and the baseline, and pick one at load time (ifunc).
+// FK_AVX512: the same function's AVX-512 build at full 512-bit width (gcc's x86-64-v4 alone prefers 256-bit vectors,
+// half the FMA throughput of a core with two 512-bit FMA units), which a kernel calls where has_avx512() says the CPU
+// runs it. A build thus runs everywhere (no -march=native, no SIGILL on older CPUs) and uses the widest vectors the
+// CPU has, as torch's own CPU kernels do.
 //
 // exp_nonpos / log1p_unit: branch-free float exp on (-inf, 0] and log1p on [0, 1], written as plain arithmetic so
 // `#pragma omp simd` loops that use them vectorise (glibc's vector libm needs -ffast-math, which we avoid).
@@ -10,18 +12,50 @@
 #pragma once
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
 
 #include "kernels.h"
 
 #if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__)
-#define FK_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#define FK_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#define FK_AVX512 __attribute__((target("arch=x86-64-v4,prefer-vector-width=512")))
+#define FK_HAVE_AVX512_BUILD 1
 #else
 #define FK_CLONES
+#define FK_AVX512
+#define FK_HAVE_AVX512_BUILD 0
 #endif
 #define FK_INLINE __attribute__((always_inline)) inline
 
 namespace flowkern {
 namespace cpu {
+
+// Whether the FK_AVX512 builds run here: the CPU has x86-64-v4's AVX-512 (F, BW, CD, DQ, VL) and the environment does
+// not set FLOWKERN_CPU_AVX512=0 (which tests use to cover the other builds on an AVX-512 machine). Asked once.
+inline bool has_avx512() {
+#if FK_HAVE_AVX512_BUILD
+  static const bool yes = [] {
+    const char* env = std::getenv("FLOWKERN_CPU_AVX512");
+    if (env && std::strcmp(env, "0") == 0) return false;
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512cd") && __builtin_cpu_supports("avx512dq") &&
+           __builtin_cpu_supports("avx512vl");
+  }();
+  return yes;
+#else
+  return false;
+#endif
+}
+
+// The vector build the float kernels run: "avx512", "avx2" (x86-64-v3) or "baseline".
+inline const char* cpu_vector_isa() {
+#if FK_HAVE_AVX512_BUILD
+  if (has_avx512()) return "avx512";
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("bmi2")) return "avx2";
+#endif
+  return "baseline";
+}
 
 FK_INLINE float exp_nonpos(float x) {
   x = x < -87.0f ? -87.0f : x;  // below that, exp underflows; 2^-126 scale stays a normal float
