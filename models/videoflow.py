@@ -103,12 +103,13 @@ CONFIGS = {
     # Stochastic Movement at 32x32 for a CPU: small; the paper's latent skip, which is what makes sampled
     # continuations keep the object (the prior's mean starts at the last latent rather than at zero); two previous
     # latents, zero-padded for frame 2, so the motion is a local cue (with one, the prior must infer the direction
-    # from where the object is relative to the centre); the mean advected by a 5x5 kernel that sees the last move
-    # (advect, advect_corr: neither the paper's nor the reference's), without which samples did not learn the
-    # direction in CPU-sized runs (models/results/videoflow-shapes-small-cpu/README.md)
+    # from where the object is relative to the centre); the last latent moved by a mixture of 5x5 shifts whose
+    # weights see the last move (advect, advect_corr, advect_mixture: neither the paper's nor the reference's),
+    # without which samples did not learn the direction in CPU-sized runs
+    # (models/results/videoflow-shapes-small-cpu/README.md has the ablation)
     "shapes-small": VideoFlowConfig(image_size=32, levels=3, steps=4, hidden=64, affine=False, skip=True,
                                     prior_blocks=2, prior_channels=32, prior_hidden=48, context=2, pad_context=True,
-                                    cond_kernel=3, advect=5, advect_corr=True),
+                                    cond_kernel=3, advect=5, advect_corr=True, advect_mixture=True),
     # CPU tests
     "tiny": VideoFlowConfig(image_size=16, levels=2, steps=2, hidden=16, prior_blocks=1, prior_channels=8,
                             prior_hidden=8, context=2),

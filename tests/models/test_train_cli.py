@@ -230,14 +230,17 @@ def test_model_overrides_reach_the_config():
     args = train_cli.parser().parse_args(
         ["videoflow", "--config", "shapes-small", "--levels", "2", "--image-size", "16", "--prior-blocks", "4",
          "--prior-hidden", "96", "--prior-channels", "input", "--no-skip", "--coupling", "affine",
-         "--coupling-net", "gatu", "--no-pad-context", "--advect", "0", "--no-advect-corr"])
+         "--coupling-net", "gatu", "--no-pad-context", "--advect", "0", "--no-advect-corr", "--no-advect-mixture"])
     cfg = train_cli.resolve_config(args)
     assert (cfg.levels, cfg.image_size, cfg.prior_blocks, cfg.prior_hidden, cfg.prior_channels) == (2, 16, 4, 96, None)
     assert (cfg.skip, cfg.affine, cfg.coupling_net, cfg.pad_context) == (False, True, "gatu", False)
-    assert (cfg.advect, cfg.advect_corr) == (0, False)
+    assert (cfg.advect, cfg.advect_corr, cfg.advect_mixture) == (0, False, False)
     cfg = train_cli.resolve_config(train_cli.parser().parse_args(["videoflow", "--config", "tiny", "--advect", "3",
                                                                   "--advect-corr"]))
     assert (cfg.advect, cfg.advect_corr) == (3, True)
+    with pytest.raises(train_cli.UsageError, match="advect_mixture needs advect"):  # the mixture's components
+        train_cli.resolve_config(train_cli.parser().parse_args(["videoflow", "--config", "shapes-small",
+                                                                "--advect", "0", "--no-advect-corr"]))
     with pytest.raises(train_cli.UsageError, match="advect must be 0"):  # the advection moves the skip's latent
         train_cli.resolve_config(train_cli.parser().parse_args(["videoflow", "--config", "shapes-small",
                                                                 "--no-skip"]))
