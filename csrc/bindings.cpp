@@ -7,9 +7,9 @@
 #include <string>
 #include <unordered_map>
 
+#include "cpu/common.h"
 #include "kernels.h"
 #ifdef FLOWKERN_WITH_CUDA
-#include "cpu/common.h"
 #include "cuda/status.h"
 #endif
 

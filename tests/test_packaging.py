@@ -1,7 +1,13 @@
 """`pip install .` ships every subpackage: a folder of flowkern/ with an __init__.py that setup.py does not list is
-missing from a non-editable install (the tests of an editable one would not notice)."""
+missing from a non-editable install (the tests of an editable one would not notice). And a build without nvcc
+compiles: this machine's build may have had CUDA, which hides code that only the CUDA build declares."""
 import ast
 import os
+import shutil
+import subprocess
+import sysconfig
+
+import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -13,3 +19,16 @@ def test_setup_lists_every_subpackage():
     found = {os.path.relpath(d, ROOT).replace(os.sep, ".") for d, _, files in os.walk(os.path.join(ROOT, "flowkern"))
              if "__init__.py" in files}
     assert found <= set(listed), f"setup.py packages misses {sorted(found - set(listed))}"
+
+
+def test_bindings_compile_without_cuda():
+    """csrc/bindings.cpp as setup.py compiles it where nvcc is missing (no FLOWKERN_WITH_CUDA), syntax only."""
+    cxx = shutil.which(os.environ.get("CXX", "c++")) or shutil.which("g++")
+    if cxx is None:
+        pytest.skip("no C++ compiler here")
+    pybind11 = pytest.importorskip("pybind11")
+    cmd = [cxx, "-std=c++17", "-fsyntax-only", "-fvisibility=hidden", '-DFLOWKERN_CUDA_ARCHS=""',
+           "-I" + os.path.join(ROOT, "csrc"), "-I" + pybind11.get_include(), "-I" + sysconfig.get_paths()["include"],
+           os.path.join(ROOT, "csrc", "bindings.cpp")]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]

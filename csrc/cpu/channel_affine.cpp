@@ -139,8 +139,8 @@ FK_INLINE void affine_tile(const T* in, const T* M, const T* bias, T* out, int64
 }
 
 // dA[i, j] += sum_p dy[i, p] x[j, p] and dc[i] += sum_p dy[i, p] over np pixels (rows strided by HW).
-// A small GEMM: output blocks with 8-pixel vector accumulators in registers (float 3 x 4: 7 loads per 12 FMAs;
-// double 4 x 2), one horizontal sum per entry per call. Fixed order: deterministic.
+// A small GEMM: output blocks with 8- or 16-pixel vector accumulators in registers (float 3 x 4: 7 loads per 12
+// FMAs; double 4 x 2), one lane sum per entry per call. Fixed order: deterministic.
 // float: 3 x 4 output blocks of V accumulators (12 registers, + 3 dy vectors + 1 x vector = 16): 7 loads per 12 FMAs.
 template <typename V>
 FK_INLINE void outer_block_f32(const float* const (&dyr)[3], const float* const (&xr)[4], float (&out)[3][4],
