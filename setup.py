@@ -137,11 +137,11 @@ def _eager_extension():
     try:
         import torch
         from torch.utils.cpp_extension import include_paths, library_paths
-    except ImportError as e:
+    except Exception as e:  # ImportError, or a torch that is installed but does not load (OSError, RuntimeError)
         if want == "1":
             sys.exit(f"FLOWKERN_EAGER=1 but torch cannot be imported here ({e}); use pip install --no-build-isolation")
-        print("flowkern: torch is not importable at build time (build isolation?): building without _C_eager; the "
-              "CPU's eager calls go through Python (pip install --no-build-isolation . builds it)", file=sys.stderr)
+        print(f"flowkern: torch is not importable at build time ({e}; build isolation?): building without _C_eager; "
+              "the CPU's eager calls go through Python (pip install --no-build-isolation . builds it)", file=sys.stderr)
         return None
     from setuptools import Extension
     abi = int(torch._C._GLIBCXX_USE_CXX11_ABI)

@@ -68,6 +68,10 @@ struct AffineCouplingFunction : public torch::autograd::Function<AffineCouplingF
 // x (B, C, H, W) and h (B, 2*Cb or Cb, H, W), contiguous CPU tensors of one dtype, B*C*H*W > 0 (checked by the
 // caller). An autograd node when grad mode is on and an input requires grad.
 std::vector<at::Tensor> affine_coupling(const at::Tensor& x, const at::Tensor& h, bool affine, bool exp_scale) {
+  check_data("affine_coupling", {{"x", &x}, {"h", &h}});
+  const int64_t cb = x.size(1) - x.size(1) / 2;
+  TORCH_CHECK(x.size(1) >= 2 && h.size(1) == (affine ? 2 * cb : cb), "flowkern._C_eager.affine_coupling: h has ",
+              h.size(1), " channels, expected ", affine ? 2 * cb : cb, " for x's ", x.size(1));
   if (at::GradMode::is_enabled() && (x.requires_grad() || h.requires_grad()))
     return AffineCouplingFunction::apply(x, h, affine, exp_scale);
   auto [y, ld] = forward_pass(x, h, affine, exp_scale);

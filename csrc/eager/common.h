@@ -34,6 +34,37 @@ inline at::Tensor acc(const at::Tensor& t, at::ScalarType type) {
 
 inline const void* ptr_or_null(const at::Tensor& t) { return t.defined() ? t.data_ptr() : nullptr; }
 
+// The entry points are importable on their own (flowkern._C_eager.*): what flowkern/ops/ guarantees is checked again
+// here, cheaply, so a direct call with other tensors raises instead of handing the kernels a bad pointer.
+// `data`: the op's data tensors (x, h, ...): CPU, contiguous, non-empty, float32 or float64, one dtype, 4-D, one
+// batch size and frame size.
+inline void check_data(const char* op, std::initializer_list<std::pair<const char*, const at::Tensor*>> data) {
+  const at::Tensor& first = *data.begin()->second;
+  for (const auto& [name, t] : data) {
+    TORCH_CHECK(t->defined(), "flowkern._C_eager.", op, ": ", name, " is undefined");
+    TORCH_CHECK(t->device().is_cpu(), "flowkern._C_eager.", op, ": ", name, " must be a CPU tensor, got ", t->device());
+    TORCH_CHECK(t->scalar_type() == at::kFloat || t->scalar_type() == at::kDouble, "flowkern._C_eager.", op, ": ",
+                name, " must be float32 or float64, got ", t->scalar_type());
+    TORCH_CHECK(t->scalar_type() == first.scalar_type(), "flowkern._C_eager.", op, ": ", name, " is ",
+                t->scalar_type(), " but ", data.begin()->first, " is ", first.scalar_type());
+    TORCH_CHECK(t->dim() == 4, "flowkern._C_eager.", op, ": ", name, " must be 4-D (B, C, H, W), got ", t->sizes());
+    TORCH_CHECK(t->is_contiguous(), "flowkern._C_eager.", op, ": ", name, " must be contiguous");
+    TORCH_CHECK(t->numel() > 0, "flowkern._C_eager.", op, ": ", name, " is empty");
+    TORCH_CHECK(t->size(0) == first.size(0) && t->size(2) == first.size(2) && t->size(3) == first.size(3),
+                "flowkern._C_eager.", op, ": ", name, " has shape ", t->sizes(), ", ", data.begin()->first, " ",
+                first.sizes());
+  }
+}
+
+// A parameter: CPU, with the given number of elements (its dtype may differ: the kernels take it in the
+// accumulation type, see acc()).
+inline void check_param(const char* op, const char* name, const at::Tensor& t, int64_t numel) {
+  TORCH_CHECK(t.defined() && t.device().is_cpu() && t.is_floating_point(), "flowkern._C_eager.", op, ": ", name,
+              " must be a floating-point CPU tensor");
+  TORCH_CHECK(t.numel() == numel, "flowkern._C_eager.", op, ": ", name, " has ", t.numel(), " elements, expected ",
+              numel);
+}
+
 // A kernel's return code as the error flowkern/ops/ raises for the Python path (dispatch.py: _ext.check).
 inline void check(int code, const char* kernel) {
   TORCH_CHECK(code == 0, "flowkern CPU kernel ", kernel, " refused its arguments (code ", code,

@@ -70,9 +70,12 @@ def cpu_flags():
     return None
 
 
-def run_script(env_extra):
+def run_script(env_extra, cwd):
+    """The script in a fresh interpreter, run from `cwd`: not the repository root, whose flowkern/ source folder (no
+    built extension in a non-editable install) would shadow the installed package."""
     env = dict(os.environ, **env_extra)
-    out = subprocess.run([sys.executable, "-c", SCRIPT, TESTS], capture_output=True, text=True, env=env, timeout=600)
+    out = subprocess.run([sys.executable, "-c", SCRIPT, TESTS], capture_output=True, text=True, env=env, timeout=600,
+                         cwd=cwd)
     assert out.returncode == 0, out.stderr[-3000:]
     return out.stdout.strip().splitlines()[-1]
 
@@ -92,9 +95,9 @@ def test_vector_isa_is_the_widest_the_cpu_has():
         assert isa == "baseline"
 
 
-def test_every_vector_build_matches_the_float64_reference():
+def test_every_vector_build_matches_the_float64_reference(tmp_path):
     """The default build, then (where it differs) the one FLOWKERN_CPU_AVX512=0 leaves."""
-    default = run_script({})
+    default = run_script({}, tmp_path)
     assert default == _ext._C.cpu.vector_isa()
     if default == "avx512":
-        assert run_script({"FLOWKERN_CPU_AVX512": "0"}) in ("avx2", "baseline")
+        assert run_script({"FLOWKERN_CPU_AVX512": "0"}, tmp_path) in ("avx2", "baseline")

@@ -153,3 +153,27 @@ def test_a_refused_permutation_is_named_on_the_eager_path():
     with pytest.raises(ValueError, match="P must be a permutation matrix"):
         ops.actnorm_invconv_lu(x, torch.zeros(C), torch.zeros(C), torch.zeros(C, C), torch.zeros(C, C),
                                torch.zeros(C), P, torch.ones(C))
+
+
+def test_direct_calls_with_bad_tensors_raise_a_named_error():
+    """flowkern._C_eager is importable on its own: what flowkern/ops/ checks is checked again there, so a direct call
+    raises (naming the tensor and the problem) instead of handing the kernels a bad pointer."""
+    m = eager.module(torch.zeros(1))
+    x, h = torch.randn(2, 6, 5, 7), torch.randn(2, 6, 5, 7)
+    s, b, W, ldw = torch.rand(6) + 0.5, torch.randn(6), torch.linalg.qr(torch.randn(6, 6))[0], torch.zeros(())
+    cases = [
+        (lambda: m.affine_coupling(x.transpose(2, 3), h.transpose(2, 3), True, False), "x must be contiguous"),
+        (lambda: m.affine_coupling(x, h.double(), True, False), "h is Double but x is Float"),
+        (lambda: m.affine_coupling(x, h[:, :5].contiguous(), True, False), "h has 5 channels, expected 6"),
+        (lambda: m.affine_coupling(x, h[:1].contiguous(), True, False), "h has shape"),
+        (lambda: m.affine_coupling(x.half(), h.half(), True, False), "x must be float32 or float64"),
+        (lambda: m.affine_coupling(x[:0], h[:0], True, False), "x is empty"),
+        (lambda: m.actnorm_invconv(x[0], s, b, W, ldw), "x must be 4-D"),
+        (lambda: m.actnorm_invconv(x, s[:5], b, W, ldw), "s has 5 elements, expected 6"),
+        (lambda: m.actnorm_invconv(x, s, b, W[:5], ldw), "W has 30 elements, expected 36"),
+        (lambda: m.actnorm_invconv_lu(x, s.log(), b, W, W, s.log(), torch.eye(6), torch.ones(5)),
+         "sign has 5 elements, expected 6"),
+    ]
+    for call, message in cases:
+        with pytest.raises(RuntimeError, match=message):
+            call()
