@@ -3,6 +3,7 @@ import torch
 
 import fused_op_bench
 from flowkern import ops
+from flowkern.nn.invconv import random_rotation
 
 
 def case(shape, device, dtype):
@@ -10,7 +11,7 @@ def case(shape, device, dtype):
     x = torch.randn(shape, device=device, dtype=dtype, requires_grad=True)
     s = (torch.rand(C, device=device) + 0.5).requires_grad_(True)
     b = torch.randn(C, device=device, requires_grad=True)
-    Wm = torch.linalg.qr(torch.randn(C, C, device=device))[0].requires_grad_(True)
+    Wm = random_rotation(C).to(device).requires_grad_(True)  # as InvConv holds it: contiguous (QR's q is not)
     ldw = torch.zeros((), device=device)  # as a FlowStep with an LU conv passes sum(log|diag U|)
     n = x.numel() * x.element_size()
     return (x, s, b, Wm, ldw), ops.actnorm_invconv_ref, ops.actnorm_invconv, 2 * n, 5 * n  # as channel_affine

@@ -80,6 +80,9 @@ def main(argv=None):
     p.add_argument("--default-malloc", action="store_true",
                    help="leave glibc malloc as it is (by default the CPU run keeps freed memory, see "
                         "flowkern.memory.keep_freed_cpu_memory)")
+    p.add_argument("--single-calls", action="store_true",
+                   help="CPU: time one call per candidate per round instead of a block of back-to-back calls (the "
+                        "cold-start latency of a call that follows the other candidates; see timing.median_times)")
     p.add_argument("--only", nargs="*", default=None,
                    choices=["ops", "train", "depth", "clip", "rfn", "large", "data", "compat", "roofline",
                             "resources"])
@@ -88,6 +91,8 @@ def main(argv=None):
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     suite = args.suite
     env = timing.environment(device)
+    if device == "cpu":
+        env["cpu_timing"] = "single calls" if args.single_calls else "blocks of back-to-back calls"
     if device == "cpu" and not args.default_malloc:
         # every variant runs in this one process, so all of them get the same allocator
         env["cpu_allocator"] = "freed memory kept" if keep_freed_cpu_memory() else "default"
@@ -101,7 +106,7 @@ def main(argv=None):
 
     def timer(fns):
         return timing.median_times(fns, device, warmup=1 if suite == "smoke" else 3, rounds=rounds,
-                                   budget_s=budget_s, min_rounds=min_rounds)
+                                   budget_s=budget_s, min_rounds=min_rounds, single_calls=args.single_calls)
 
     bandwidth = timing.copy_bandwidth(device) if device == "cuda" else None
     if bandwidth:
@@ -197,7 +202,8 @@ def main(argv=None):
     text = [f"# flowkern benchmarks: {env['device']}", "",
             f"torch {env['torch']}, triton {env['triton']}, CUDA {env['cuda']}, commit {env['git_commit']}, "
             f"{env['date']}, suite `{suite}`, {env['cpu_threads']} CPU threads. Times are medians of interleaved "
-            "rounds; speedups = baseline time / flowkern time, measured in the same run. Memory: " + unit + "."]
+            "rounds" + (f" ({env['cpu_timing']} per candidate and round)" if env.get("cpu_timing") else "") +
+            "; speedups = baseline time / flowkern time, measured in the same run. Memory: " + unit + "."]
     text.append(f"Run time: {sum(took.values()) / 60:.1f} min (" +
                 ", ".join(f"{part} {s / 60:.1f}" for part, s in took.items()) + ").")
     if env.get("cpu_allocator"):

@@ -1,5 +1,6 @@
-"""Timing and environment helpers shared by the benchmarks. Medians after warm-up; on CUDA, triton.testing.do_bench
-(CUDA events, cache flushing) when available; every ratio is computed between timings taken in the same run."""
+"""Timing and environment helpers shared by the benchmarks. Medians of interleaved blocks of calls after warm-up; on
+CUDA, triton.testing.do_bench (CUDA events, cache flushing) when available; every ratio is computed between timings
+taken in the same run."""
 import datetime
 import platform
 import statistics
@@ -10,13 +11,18 @@ import torch
 
 
 def median_times(fns: dict, device: str = "cpu", warmup: int = 3, rounds: int = 25, budget_s: float = 3.0,
-                 min_rounds: int = 5) -> dict:
+                 min_rounds: int = 5, block_s: float = 2e-3, single_calls: bool = False) -> dict:
     """Median seconds per call of each fn in `fns` ({name: fn}), timed side by side.
 
-    On CPU the candidates are interleaved (one call of each per round, order rotating), so slow drifts of a shared
-    machine hit all of them alike; medians over the rounds: at least min_rounds, then more while the time budget
-    lasts (a median of a handful of rounds is noisy). On CUDA each one goes through triton.testing.do_bench
-    (CUDA events, L2 flush between calls) when available.
+    On CPU the candidates are interleaved (one block of calls of each per round, order rotating), so slow drifts of
+    a shared machine hit all of them alike; medians over the rounds: at least min_rounds, then more while the time
+    budget lasts (a median of a handful of rounds is noisy). A block is as many back-to-back calls as the fastest
+    candidate needs to run block_s, the same count for every candidate, as torch.utils.benchmark's
+    blocked_autorange times a statement: each block's first call runs on caches, TLBs and OpenMP workers the other
+    candidate left cold (on a VM up to ~100 us even for a call that touches no data), and the same count spreads
+    that equally over every candidate. single_calls=True times one call per block (the cold-start latency of a
+    call that follows the other candidates). On CUDA each one goes through triton.testing.do_bench (CUDA events,
+    L2 flush between calls) when available.
     """
     if device == "cuda":
         try:
@@ -25,18 +31,26 @@ def median_times(fns: dict, device: str = "cpu", warmup: int = 3, rounds: int = 
         except ImportError:
             pass
     names = list(fns)
-    for _ in range(warmup):
-        for k in names:
+    pilot = {}
+    for k in names:
+        for _ in range(warmup):
             fns[k]()
-    _sync(device)
+        _sync(device)
+        t0 = time.perf_counter()
+        fns[k]()
+        _sync(device)
+        pilot[k] = time.perf_counter() - t0
+    calls = 1 if single_calls else max(1, min(200, round(block_s / max(min(pilot.values()), 1e-9))))
     times = {k: [] for k in names}
     start = time.perf_counter()
     for r in range(rounds):
         for k in names[r % len(names):] + names[:r % len(names)]:
+            fn = fns[k]
             t0 = time.perf_counter()
-            fns[k]()
+            for _ in range(calls):
+                fn()
             _sync(device)
-            times[k].append(time.perf_counter() - t0)
+            times[k].append((time.perf_counter() - t0) / calls)
         if r + 1 >= min_rounds and time.perf_counter() - start > budget_s:
             break
     return {k: statistics.median(v) for k, v in times.items()}

@@ -91,6 +91,7 @@ PYBIND11_MODULE(_C, m) {
       .value("stream", &flowkern::LaunchParams::stream)
       .pointer("x", &AffineCouplingParams::x).pointer("y", &AffineCouplingParams::y)
       .pointer("h", &AffineCouplingParams::h).pointer("ld_part", &AffineCouplingParams::ld_part)
+      .pointer("ld", &AffineCouplingParams::ld)
       .pointer("dy", &AffineCouplingParams::dy).pointer("dld", &AffineCouplingParams::dld)
       .pointer("dx", &AffineCouplingParams::dx).pointer("dh", &AffineCouplingParams::dh)
       .value("B", &AffineCouplingParams::B).value("C", &AffineCouplingParams::C).value("Ca", &AffineCouplingParams::Ca)

@@ -54,6 +54,8 @@ struct ChannelAffineParams : LaunchParams {
 //   fwd: y[:, :Ca] = x[:, :Ca];  y_b = (x_b + h_t) * s   (additive: x_b + h_t)
 //        ld_part[n,k] = sum of log s over elements [k*chunk, (k+1)*chunk) of sample n's Cb*HW block,
 //        nk = ceil(Cb*HW/chunk). Additive: ld_part is not written (may be null).
+//        CPU only: with ld set, ld[n] = the sum of sample n's partials in the order k = 0 .. nk-1 (ld_part may then
+//        be null: the kernel keeps the partials itself), so a call needs no reduction op after it.
 //   inv: x[:, :Ca] = y[:, :Ca];  x_b = y_b / s - h_t      (additive: y_b - h_t); ld_part as in fwd (+log s).
 //   bwd: from the forward's output y, h, upstream dy and dld (grad of the forward logdet, (B,), may be null):
 //        dx[:, :Ca] = dy[:, :Ca];  dx_b = dh_t = dy_b * s;  dh_s = (dy_b * y_b + dld[n]) * d(log s)/d(h_s),
@@ -64,6 +66,7 @@ struct AffineCouplingParams : LaunchParams {
   void* y = nullptr;         // (B, C, HW): written by fwd, read by inv and bwd
   const void* h = nullptr;   // (B, 2*Cb or Cb, HW)
   void* ld_part = nullptr;   // (B, nk) out, affine fwd/inv
+  void* ld = nullptr;        // (B,) out, affine fwd/inv, CPU only (or null)
   const void* dy = nullptr;  // (B, C, HW)                                bwd
   const void* dld = nullptr; // (B,) or null                              bwd
   void* dx = nullptr;        // (B, C, HW) out                            bwd

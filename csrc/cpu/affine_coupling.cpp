@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <vector>
 
 #include "cpu/common.h"
 
@@ -100,7 +101,8 @@ void copy_passthrough(const T* in, T* out, const AffineCouplingParams& p) {
   for (int64_t n = 0; n < p.B; ++n) std::memcpy(out + n * sample, in + n * sample, p.Ca * p.HW * sizeof(T));
 }
 
-// INVERSE = false: y_b = (x_b + h_t) * s;  true: x_b = y_b / s - h_t.  ld_part[n, k] = sum log s over chunk k.
+// INVERSE = false: y_b = (x_b + h_t) * s;  true: x_b = y_b / s - h_t.  ld_part[n, k] = sum log s over chunk k;
+// ld[n] = the sum of sample n's partials in chunk order (when asked for).
 template <typename T, bool INVERSE>
 int fwd_or_inv(const AffineCouplingParams& p) {
   if (p.chunk <= 0) return 2;
@@ -108,8 +110,15 @@ int fwd_or_inv(const AffineCouplingParams& p) {
   T* out = static_cast<T*>(INVERSE ? p.x : p.y);
   const T* h = static_cast<const T*>(p.h);
   T* ld_part = static_cast<T*>(p.ld_part);
+  T* ld = static_cast<T*>(p.ld);
   const int64_t C = p.C, HW = p.HW, Cb = C - p.Ca, E = Cb * HW, chunk = p.chunk, nk = (E + chunk - 1) / chunk;
   const int64_t Hc = p.affine ? 2 * Cb : Cb;
+  std::vector<T> own_parts;  // the partials, when the caller wants only their per-sample sums
+  if (p.affine && !ld_part) {
+    if (!ld) return 2;
+    own_parts.resize(p.B * nk);
+    ld_part = own_parts.data();
+  }
 #pragma omp parallel num_threads(threads_for(p.B * C * HW, p.nthreads, kGrainElements))
   {
   copy_passthrough(in, out, p);
@@ -125,6 +134,14 @@ int fwd_or_inv(const AffineCouplingParams& p) {
     } else {
 #pragma omp simd
       for (int64_t e = 0; e < e1 - e0; ++e) o[e] = INVERSE ? a[e] - ht[e] : a[e] + ht[e];
+    }
+  }  // the loop's barrier: every partial is written
+  if (p.affine && ld) {
+#pragma omp for schedule(static) nowait
+    for (int64_t n = 0; n < p.B; ++n) {
+      T sum = 0;
+      for (int64_t k = 0; k < nk; ++k) sum += ld_part[n * nk + k];
+      ld[n] = sum;
     }
   }
   }

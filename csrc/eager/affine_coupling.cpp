@@ -11,22 +11,21 @@ using torch::autograd::tensor_list;
 
 constexpr int64_t kChunk = 4096;  // elements per logdet partial: ops/affine_coupling.py element_chunk("cpu")
 
-// y = coupling(x, h) and the per-sample logdet, summed from the kernel's fixed partials as the Python path sums them.
+// y = coupling(x, h) and the per-sample logdet, which the kernel sums from its fixed partials (as on the Python path).
 std::pair<at::Tensor, at::Tensor> forward_pass(const at::Tensor& x, const at::Tensor& h, bool affine, bool exp_scale) {
-  const int64_t B = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3), Ca = C / 2, E = (C - Ca) * HW;
+  const int64_t B = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3), Ca = C / 2;
   at::Tensor y = at::empty_like(x);
-  at::Tensor ld_part = affine ? at::empty({B, (E + kChunk - 1) / kChunk}, x.options().dtype(acc_type(x)))
-                              : at::Tensor();
+  at::Tensor ld = affine ? at::empty({B}, x.options().dtype(acc_type(x))) : at::zeros({B}, x.options().dtype(acc_type(x)));
   AffineCouplingParams p;
   p.dtype = dtype_code(x);
   p.nthreads = at::get_num_threads();
   p.x = x.data_ptr();
   p.y = y.data_ptr();
   p.h = h.data_ptr();
-  p.ld_part = affine ? ld_part.data_ptr() : nullptr;
+  p.ld = affine ? ld.data_ptr() : nullptr;
   p.B = B, p.C = C, p.Ca = Ca, p.HW = HW, p.chunk = kChunk, p.affine = affine, p.exp_scale = exp_scale;
   check(nogil([&] { return affine_coupling_fwd<Device::kCPU>(p); }), "affine_coupling_fwd");
-  return {y, affine ? ld_part.sum(1) : at::zeros({B}, x.options().dtype(acc_type(x)))};
+  return {y, ld};
 }
 
 struct AffineCouplingFunction : public torch::autograd::Function<AffineCouplingFunction> {

@@ -93,10 +93,19 @@ def _fwd_or_inv(kernel: str, x: Tensor, y: Tensor, h: Tensor, affine: bool, scal
     if not x.numel():
         return x.new_zeros(B, dtype=acc_dtype(x.dtype))
     chunk = element_chunk(backend, B, E)  # the kernels' work split too, additive or not
-    ld_part = x.new_empty(B, cdiv(E, chunk), dtype=acc_dtype(x.dtype)) if affine else None
-    launch(kernel, backend, x=x, y=y, h=h, ld_part=ld_part, B=B, C=C, Ca=ca, HW=H * W, chunk=chunk, affine=affine,
+    if not affine:
+        launch(kernel, backend, x=x, y=y, h=h, ld_part=None, B=B, C=C, Ca=ca, HW=H * W, chunk=chunk, affine=False,
+               exp_scale=False)
+        return x.new_zeros(B, dtype=acc_dtype(x.dtype))
+    if backend == "cpu":  # the kernel sums each sample's partials itself, in chunk order: no reduction op after it
+        ld = x.new_empty(B, dtype=acc_dtype(x.dtype))
+        launch(kernel, backend, x=x, y=y, h=h, ld=ld, B=B, C=C, Ca=ca, HW=H * W, chunk=chunk, affine=True,
+               exp_scale=scale == "exp")
+        return ld
+    ld_part = x.new_empty(B, cdiv(E, chunk), dtype=acc_dtype(x.dtype))
+    launch(kernel, backend, x=x, y=y, h=h, ld_part=ld_part, B=B, C=C, Ca=ca, HW=H * W, chunk=chunk, affine=True,
            exp_scale=scale == "exp")
-    return ld_part.sum(1) if affine else x.new_zeros(B, dtype=acc_dtype(x.dtype))
+    return ld_part.sum(1)
 
 
 def affine_coupling_fwd(x: Tensor, h: Tensor, affine: bool, scale: str, backend: str) -> Tuple[Tensor, Tensor]:

@@ -27,7 +27,7 @@ _PARAMS = {"channel_affine": "ChannelAffineParams", "affine_coupling": "AffineCo
 # The fields of each op's params that hold one row per sample: a batch split slices them. The others (matrices,
 # reductions the kernels accumulate into, GPU scratch reused launch after launch on one stream) pass whole.
 _PER_SAMPLE = {"channel_affine": ("x", "y", "dy", "dx"),
-               "affine_coupling": ("x", "y", "h", "ld_part", "dy", "dld", "dx", "dh"),
+               "affine_coupling": ("x", "y", "h", "ld_part", "ld", "dy", "dld", "dx", "dh"),
                "actnorm_invconv": ("x", "y", "ld", "dy", "dld", "dx")}
 # Samples per launch: a GPU grid axis other than x holds at most 65535 blocks.
 MAX_LAUNCH_BATCH = 65535

@@ -1,9 +1,14 @@
 """affine_coupling (ops/affine_coupling.py) on every backend available here against its reference."""
+import importlib
+
 import pytest
 import torch
-from _helpers import OP_SHAPES, check_close, grads, kernel_backends, op_cases, rand, rel_err, run_with
+from _helpers import OP_SHAPES, TOL, check_close, grads, kernel_backends, op_cases, rand, rel_err, run_with
 
+import flowkern
 from flowkern import ops
+
+acm = importlib.import_module("flowkern.ops.affine_coupling")  # the module: flowkern.ops exports the functions
 
 
 # the coupling's kinds: Glow's sigmoid scale, the exp scale of a given log-scale, additive
@@ -96,3 +101,34 @@ def test_the_exp_scale_reference_is_its_definition():
 def test_an_unknown_scale_is_refused_by_name(op):
     with pytest.raises(ValueError, match="scale must be one of"):
         op(torch.randn(2, 4, 3, 3), torch.randn(2, 4, 3, 3), True, "tanh")
+
+
+@pytest.mark.skipif(not flowkern.native_available(), reason="the C++ extension is not built")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("kernel", ["affine_coupling_fwd", "affine_coupling_inv"])
+def test_cpu_kernel_sums_each_samples_partials_in_chunk_order(kernel, dtype):
+    """The CPU kernels write the per-sample logdet themselves (no reduction op after the call): ld[n] is sample n's
+    partials added in chunk order, whether or not the caller also asks for the partials, on any thread count."""
+    from flowkern.ops.dispatch import launch
+    B, C, H, W = 5, 7, 40, 45  # Cb * HW = 7200: two 4096-element chunks per sample, the second one partial
+    x, h = torch.randn(B, C, H, W, dtype=dtype), torch.randn(B, 8, H, W, dtype=dtype)
+    E, chunk = 4 * H * W, acm.element_chunk("cpu", B, 4 * H * W)
+    nk = -(-E // chunk)
+    assert nk == 2
+    common = dict(x=x, y=torch.empty_like(x), h=h, B=B, C=C, Ca=3, HW=H * W, chunk=chunk, affine=True, exp_scale=False)
+    parts, ld_both = torch.full((B, nk), float("nan"), dtype=dtype), torch.full((B,), float("nan"), dtype=dtype)
+    launch(kernel, "cpu", **common, ld_part=parts, ld=ld_both)
+    want = parts[:, 0].clone()
+    for k in range(1, nk):
+        want += parts[:, k]
+    assert torch.equal(ld_both, want)
+    assert rel_err(ld_both, h[:, 4:].double().add(2.0).sigmoid().log().sum((1, 2, 3))) < TOL[dtype] * 10
+    threads = torch.get_num_threads()
+    for n in (1, 2):
+        torch.set_num_threads(n)
+        try:
+            ld_only = torch.full((B,), float("nan"), dtype=dtype)
+            launch(kernel, "cpu", **common, ld=ld_only)
+        finally:
+            torch.set_num_threads(threads)
+        assert torch.equal(ld_only, ld_both)
