@@ -178,6 +178,16 @@ void copy_passthrough(const T* in, T* out, const AffineCouplingParams& p) {
   for (int64_t n = 0; n < p.B; ++n) std::memcpy(out + n * sample, in + n * sample, p.Ca * p.HW * sizeof(T));
 }
 
+// This thread's share [lo, hi) of n work items (schedule(static)'s split, made explicit): every pass gives a thread
+// the same samples, and the backward walks its share in reverse. A backward right after the pass that produced its
+// inputs (the forward's y and h, or reversible backprop's inverse) then starts on the data that pass touched last,
+// still in this core's cache, instead of on the data a cyclic walk through more than the cache holds just evicted.
+FK_INLINE void thread_share(int64_t n, int64_t& lo, int64_t& hi) {
+  const int64_t nth = omp_get_num_threads(), tid = omp_get_thread_num(), q = n / nth, r = n % nth;
+  lo = tid * q + std::min(tid, r);
+  hi = lo + q + (tid < r ? 1 : 0);
+}
+
 // INVERSE = false: y_b = (x_b + h_t) * s;  true: x_b = y_b / s - h_t.  ld_part[n, k] = sum log s over chunk k;
 // ld[n] = the sum of sample n's partials in chunk order (when asked for).
 template <typename T, bool INVERSE>
@@ -198,9 +208,10 @@ int fwd_or_inv(const AffineCouplingParams& p) {
   }
 #pragma omp parallel num_threads(threads_for(p.B * C * HW, p.nthreads, kGrainElements))
   {
-  copy_passthrough(in, out, p);
-#pragma omp for schedule(static)
-  for (int64_t t = 0; t < p.B * nk; ++t) {
+  copy_passthrough(in, out, p);  // first: the transformed half is then what the pass touched last
+  int64_t lo, hi;
+  thread_share(p.B * nk, lo, hi);
+  for (int64_t t = lo; t < hi; ++t) {
     const int64_t n = t / nk, k = t % nk, e0 = k * chunk, e1 = std::min(e0 + chunk, E);
     const T* a = in + n * C * HW + p.Ca * HW + e0;
     T* o = out + n * C * HW + p.Ca * HW + e0;
@@ -212,8 +223,9 @@ int fwd_or_inv(const AffineCouplingParams& p) {
 #pragma omp simd
       for (int64_t e = 0; e < e1 - e0; ++e) o[e] = INVERSE ? a[e] - ht[e] : a[e] + ht[e];
     }
-  }  // the loop's barrier: every partial is written
+  }
   if (p.affine && ld) {
+#pragma omp barrier
 #pragma omp for schedule(static) nowait
     for (int64_t n = 0; n < p.B; ++n) {
       T sum = 0;
@@ -235,12 +247,12 @@ int bwd(const AffineCouplingParams& p) {
   T* dh = static_cast<T*>(p.dh);
   const int64_t C = p.C, HW = p.HW, Cb = C - p.Ca, E = Cb * HW;
   const int64_t Hc = p.affine ? 2 * Cb : Cb;
-  const int64_t blk = 4096, nblk = (E + blk - 1) / blk;
+  const int64_t blk = 4096, nblk = (E + blk - 1) / blk;  // fwd's chunk: each thread gets the fwd's samples back
 #pragma omp parallel num_threads(threads_for(p.B * C * HW, p.nthreads, kGrainElements))
   {
-  copy_passthrough(dy, dx, p);
-#pragma omp for schedule(static)
-  for (int64_t t = 0; t < p.B * nblk; ++t) {
+  int64_t lo, hi;
+  thread_share(p.B * nblk, lo, hi);
+  for (int64_t t = hi - 1; t >= lo; --t) {  // in reverse: see thread_share
     const int64_t n = t / nblk, e0 = (t % nblk) * blk, e1 = std::min(e0 + blk, E);
     const int64_t off = n * C * HW + p.Ca * HW + e0;
     T* ght = dh + n * Hc * HW + e0;
@@ -257,6 +269,7 @@ int bwd(const AffineCouplingParams& p) {
       std::memcpy(ght, dy + off, (e1 - e0) * sizeof(T));
     }
   }
+  copy_passthrough(dy, dx, p);  // last: it reads none of the data the pass before this one left in cache
   }
   return 0;
 }
