@@ -152,8 +152,8 @@ std::vector<at::Tensor> actnorm_invconv(const at::Tensor& x, const at::Tensor& s
                                         const at::Tensor& W, const at::Tensor& ldw) {
   check_data("actnorm_invconv", {{"x", &x}});
   const int64_t C = x.size(1);
-  check_param("actnorm_invconv", "s", s, C), check_param("actnorm_invconv", "b", b, C);
-  check_param("actnorm_invconv", "W", W, C * C), check_param("actnorm_invconv", "ldw", ldw, 1);
+  check_param("actnorm_invconv", "s", s, {C}), check_param("actnorm_invconv", "b", b, {C});
+  check_param("actnorm_invconv", "W", W, {C, C}), check_param("actnorm_invconv", "ldw", ldw, {});
   if (at::GradMode::is_enabled() &&
       (x.requires_grad() || s.requires_grad() || b.requires_grad() || W.requires_grad() || ldw.requires_grad()))
     return ActNormInvConvFunction::apply(x, s, b, W, ldw);
@@ -167,9 +167,9 @@ std::vector<at::Tensor> actnorm_invconv_lu(const at::Tensor& x, const at::Tensor
   check_data("actnorm_invconv_lu", {{"x", &x}});
   const int64_t C = x.size(1);
   const char* op = "actnorm_invconv_lu";
-  check_param(op, "log_scale", log_scale, C), check_param(op, "bias", bias, C), check_param(op, "lower", lower, C * C);
-  check_param(op, "upper", upper, C * C), check_param(op, "log_s", log_s, C), check_param(op, "P", P, C * C);
-  check_param(op, "sign", sign, C);
+  check_param(op, "log_scale", log_scale, {C}), check_param(op, "bias", bias, {C});
+  check_param(op, "lower", lower, {C, C}), check_param(op, "upper", upper, {C, C});
+  check_param(op, "log_s", log_s, {C}), check_param(op, "P", P, {C, C}), check_param(op, "sign", sign, {C});
   bool grad = at::GradMode::is_enabled() && (x.requires_grad() || log_scale.requires_grad() || bias.requires_grad() ||
                                              lower.requires_grad() || upper.requires_grad() || log_s.requires_grad());
   if (grad) return ActNormInvConvLUFunction::apply(x, log_scale, bias, lower, upper, log_s, P, sign);

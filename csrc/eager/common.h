@@ -56,13 +56,13 @@ inline void check_data(const char* op, std::initializer_list<std::pair<const cha
   }
 }
 
-// A parameter: CPU, with the given number of elements (its dtype may differ: the kernels take it in the
-// accumulation type, see acc()).
-inline void check_param(const char* op, const char* name, const at::Tensor& t, int64_t numel) {
+// A parameter: CPU, of the given shape (its dtype may differ: the kernels take it in the accumulation type, see
+// acc()). An empty shape takes any one-element tensor (a logdet given as () or (1,)).
+inline void check_param(const char* op, const char* name, const at::Tensor& t, at::IntArrayRef shape) {
   TORCH_CHECK(t.defined() && t.device().is_cpu() && t.is_floating_point(), "flowkern._C_eager.", op, ": ", name,
               " must be a floating-point CPU tensor");
-  TORCH_CHECK(t.numel() == numel, "flowkern._C_eager.", op, ": ", name, " has ", t.numel(), " elements, expected ",
-              numel);
+  TORCH_CHECK(shape.empty() ? t.numel() == 1 : t.sizes() == shape, "flowkern._C_eager.", op, ": ", name,
+              " has shape ", t.sizes(), ", expected ", shape.empty() ? "one element" : c10::str(shape));
 }
 
 // A kernel's return code as the error flowkern/ops/ raises for the Python path (dispatch.py: _ext.check).

@@ -1,5 +1,7 @@
 """flowkern._C_eager: the CPU's eager entry points in C++ give the Python path's results bit for bit (same kernels,
 same partial sums), forward, backward and double backward, and are the path an eager CPU call takes."""
+import importlib
+
 import pytest
 import torch
 
@@ -169,11 +171,48 @@ def test_direct_calls_with_bad_tensors_raise_a_named_error():
         (lambda: m.affine_coupling(x.half(), h.half(), True, False), "x must be float32 or float64"),
         (lambda: m.affine_coupling(x[:0], h[:0], True, False), "x is empty"),
         (lambda: m.actnorm_invconv(x[0], s, b, W, ldw), "x must be 4-D"),
-        (lambda: m.actnorm_invconv(x, s[:5], b, W, ldw), "s has 5 elements, expected 6"),
-        (lambda: m.actnorm_invconv(x, s, b, W[:5], ldw), "W has 30 elements, expected 36"),
+        (lambda: m.actnorm_invconv(x, s[:5], b, W, ldw), r"s has shape \[5\], expected \[6\]"),
+        (lambda: m.actnorm_invconv(x, s, b, W[:5], ldw), r"W has shape \[5, 6\], expected \[6, 6\]"),
+        (lambda: m.actnorm_invconv(x, s, b, W.reshape(36), ldw), r"W has shape \[36\], expected \[6, 6\]"),
+        (lambda: m.actnorm_invconv(x, s, b, W, torch.zeros(2)), "ldw has shape .2., expected one element"),
         (lambda: m.actnorm_invconv_lu(x, s.log(), b, W, W, s.log(), torch.eye(6), torch.ones(5)),
-         "sign has 5 elements, expected 6"),
+         r"sign has shape \[5\], expected \[6\]"),
     ]
     for call, message in cases:
         with pytest.raises(RuntimeError, match=message):
             call()
+
+
+def test_valid_eager_calls_go_straight_to_cpp_and_bad_ones_get_the_python_error(monkeypatch):
+    """A contiguous CPU float call enters flowkern._C_eager before any Python check (eager.direct); what C++ refuses,
+    or has to convert first, takes the ops' full Python path, whose checks name the problem."""
+    ac = importlib.import_module("flowkern.ops.affine_coupling")
+    ai = importlib.import_module("flowkern.ops.actnorm_invconv")
+    x, h = torch.randn(2, 6, 5, 7), torch.randn(2, 6, 5, 7)
+    s, b, ldw = torch.rand(6) + 0.5, torch.randn(6), torch.zeros(())
+    W = torch.linalg.qr(torch.randn(6, 6))[0].contiguous()
+    lu = (0.1 * torch.randn(6), torch.randn(6), torch.randn(6, 6), torch.randn(6, 6), torch.zeros(6), torch.eye(6),
+          torch.ones(6))
+    y, ld = ops.affine_coupling(x, h)  # through the full path, for reference
+    y2, ld2 = ops.actnorm_invconv(x, s, b, W, ldw)
+    y3, ld3 = ops.actnorm_invconv_lu(x, *lu)
+
+    def checked(*args, **kwargs):
+        raise AssertionError("the Python checks ran for a call C++ takes as it is")
+    monkeypatch.setattr(ac, "_run", checked)
+    monkeypatch.setattr(ai, "_check", checked)
+    monkeypatch.setattr(ai, "_check_lu", checked)
+    for got, want in ((ops.affine_coupling(x, h), (y, ld)), (ops.actnorm_invconv(x, s, b, W, ldw), (y2, ld2)),
+                      (ops.actnorm_invconv_lu(x, *lu), (y3, ld3))):
+        assert all(torch.equal(a, b) for a, b in zip(got, want))
+    monkeypatch.undo()
+    with pytest.raises(ValueError, match=r"h must have shape \(2, 6, 5, 7\)"):
+        ops.affine_coupling(x, h[:, :4])
+    with pytest.raises(ValueError, match=r"W must have shape \(6, 6\) for x with 6 channels"):
+        ops.actnorm_invconv(x, s, b, W.reshape(36), ldw)
+    with pytest.raises(ValueError, match=r"lower must have shape \(6, 6\)"):
+        ops.actnorm_invconv_lu(x, lu[0], lu[1], lu[2][:5], *lu[3:])
+    # non-contiguous x or a float64 h: converted on the full path, same results
+    xt = x.transpose(2, 3).contiguous().transpose(2, 3)
+    assert not xt.is_contiguous()
+    assert all(torch.equal(a, b) for a, b in zip(ops.affine_coupling(xt, h), (y, ld)))
