@@ -60,6 +60,20 @@ def markdown_table(rows, columns=None):
     return "\n".join(lines)
 
 
+def taken(out: str) -> bool:
+    return os.path.exists(out + ".md") or os.path.exists(out + ".json")
+
+
+def free_name(out: str) -> str:
+    """out, or out-2, out-3, ...: the first whose results do not exist yet (a second run the same day keeps the
+    first)."""
+    k, name = 1, out
+    while taken(name):
+        k += 1
+        name = f"{out}-{k}"
+    return name
+
+
 def default_budget(device):
     """The device's memory on GPU. On CPU the clip-length benchmark measures a GPU training step's tensors on the
     meta device, so the default budget is that of an 80 GB GPU."""
@@ -120,7 +134,10 @@ def main(argv=None):
     out = args.out
     if out is None:
         name = re.sub(r"[^A-Za-z0-9]+", "-", env["device"]).strip("-").lower()[:40]
-        out = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", f"{name}-{suite}-{env['date'][:10]}")
+        out = free_name(os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
+                                     f"{name}-{suite}-{env['date'][:10]}"))
+    elif taken(out):
+        p.error(f"--out {out}: {out}.md or {out}.json exists; a run never replaces another (choose another name)")
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
 
     sections = {}
