@@ -64,9 +64,9 @@ struct AffineCouplingFunction : public torch::autograd::Function<AffineCouplingF
   }
 };
 
-// x (B, C, H, W) and h (B, 2*Cb or Cb, H, W), contiguous CPU tensors of one dtype, B*C*H*W > 0 (flowkern/ops/ checks
-// that with Python's errors; checked again here for direct calls). An autograd node when grad mode is on and an input
-// requires grad.
+// x (B, C, H, W) and h (B, 2*Cb or Cb, H, W), contiguous CPU tensors of one dtype, B*C*H*W > 0, checked here
+// (flowkern/ops/ calls this first and runs its Python checks when it refuses). An autograd node when grad mode is on
+// and an input requires grad.
 std::vector<at::Tensor> affine_coupling(const at::Tensor& x, const at::Tensor& h, bool affine, bool exp_scale) {
   check_data("affine_coupling", {{"x", &x}, {"h", &h}});
   const int64_t cb = x.size(1) - x.size(1) / 2;

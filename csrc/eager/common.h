@@ -1,7 +1,8 @@
 // Shared by the torch-linked eager entry points (csrc/eager/*.cpp, module flowkern._C_eager): the same CPU kernels
 // as flowkern._C, called from C++ with at::Tensor, so an eager CPU call (forward, autograd node, backward) costs one
-// Python call instead of a dozen. flowkern/ops/ still owns every argument check and calls these only with valid,
-// contiguous CPU tensors.
+// Python call instead of a dozen. Every entry checks its arguments (check_data, check_param): flowkern/ops/ calls
+// it first for contiguous float CPU tensors (eager.direct) and runs its own checks, which name the problem in the
+// ops' terms, only when it refuses.
 #pragma once
 #include <torch/extension.h>
 
@@ -34,8 +35,8 @@ inline at::Tensor acc(const at::Tensor& t, at::ScalarType type) {
 
 inline const void* ptr_or_null(const at::Tensor& t) { return t.defined() ? t.data_ptr() : nullptr; }
 
-// The entry points are importable on their own (flowkern._C_eager.*): what flowkern/ops/ guarantees is checked again
-// here, cheaply, so a direct call with other tensors raises instead of handing the kernels a bad pointer.
+// The entry points are importable on their own (flowkern._C_eager.*) and take flowkern/ops/' valid calls unchecked:
+// every argument is checked here, cheaply, so a bad one raises instead of handing the kernels a bad pointer.
 // `data`: the op's data tensors (x, h, ...): CPU, contiguous, non-empty, float32 or float64, one dtype, 4-D, one
 // batch size and frame size.
 inline void check_data(const char* op, std::initializer_list<std::pair<const char*, const at::Tensor*>> data) {

@@ -5,7 +5,9 @@ run in C++: one Python call instead of a dozen small ones (params structs, alloc
 at Glow-step sizes cost as much as the kernel. The module is built when torch is importable at build time
 (`pip install --no-build-isolation .`, as `make` installs) and is tied to that torch version. Without it, with
 FLOWKERN_EAGER=0 in the environment, or under torch.compile, the same kernels run through flowkern/ops/ (dispatch.py);
-the results are the same bit for bit (same kernels, same partial sums). The ops' checks run first either way.
+the results are the same bit for bit (same kernels, same partial sums). A call on contiguous float CPU tensors goes
+to C++ before any Python check (direct(): the entries check every argument themselves); the ops' Python checks run
+when an entry refuses, and name the problem.
 """
 import importlib
 import os
