@@ -8,7 +8,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 # setuptools, wheel, pybind11: the build's own requirements (it runs without isolation); FrEIA and normflows: the
 # packages flowkern.compat's adapters are tested and benchmarked against
-DEPS   := setuptools wheel "pybind11>=2.11" \
+DEPS   := "setuptools>=77" wheel "pybind11>=2.11" \
           "triton>=3.0" numpy tqdm pytest pytest-benchmark matplotlib "imageio>=2.31" "av>=11" pillow \
           "scikit-image>=0.20" \
           FrEIA==0.2 normflows==1.7.3
