@@ -162,19 +162,24 @@ FK_INLINE void outer_block_f32(const float* const (&dyr)[3], const float* const 
 // The 16 sums of a[0..15] at once, by a transpose tree: each level adds the two halves of pairs of vectors (45 vector
 // ops in all, against 16 lane sums' 128). Lane l of the result holds the sum of a[bitrev4(l)].
 typedef int v16i __attribute__((vector_size(64)));
+// One level: u's and v's lanes picked by lo, plus those picked by hi (a lane index >= 16 picks from v).
+FK_INLINE v16f fold(v16f u, v16f v, v16i lo, v16i hi) {
+  return __builtin_shuffle(u, v, lo) + __builtin_shuffle(u, v, hi);
+}
 FK_INLINE v16f sum16_bitrev(const v16f (&a)[16]) {
+  constexpr v16i lo8{0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23};  // halves: 8-lane partials of u | v
+  constexpr v16i hi8{8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31};
+  constexpr v16i lo4{0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27};  // 4-lane partials
+  constexpr v16i hi4{4, 5, 6, 7, 20, 21, 22, 23, 12, 13, 14, 15, 28, 29, 30, 31};
+  constexpr v16i lo2{0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29};  // 2-lane partials
+  constexpr v16i hi2{2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31};
+  constexpr v16i lo1{0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30};  // sums
+  constexpr v16i hi1{1, 17, 3, 19, 5, 21, 7, 23, 9, 25, 11, 27, 13, 29, 15, 31};
   v16f b[8], c[4], d[2];
-  for (int k = 0; k < 8; ++k)  // b[k] = 8-lane partials of a[2k] | a[2k+1]
-    b[k] = __builtin_shuffle(a[2 * k], a[2 * k + 1], v16i{0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23}) +
-           __builtin_shuffle(a[2 * k], a[2 * k + 1], v16i{8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31});
-  for (int k = 0; k < 4; ++k)  // 4-lane partials
-    c[k] = __builtin_shuffle(b[2 * k], b[2 * k + 1], v16i{0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27}) +
-           __builtin_shuffle(b[2 * k], b[2 * k + 1], v16i{4, 5, 6, 7, 20, 21, 22, 23, 12, 13, 14, 15, 28, 29, 30, 31});
-  for (int k = 0; k < 2; ++k)  // 2-lane partials
-    d[k] = __builtin_shuffle(c[2 * k], c[2 * k + 1], v16i{0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29}) +
-           __builtin_shuffle(c[2 * k], c[2 * k + 1], v16i{2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31});
-  return __builtin_shuffle(d[0], d[1], v16i{0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30}) +
-         __builtin_shuffle(d[0], d[1], v16i{1, 17, 3, 19, 5, 21, 7, 23, 9, 25, 11, 27, 13, 29, 15, 31});
+  for (int k = 0; k < 8; ++k) b[k] = fold(a[2 * k], a[2 * k + 1], lo8, hi8);
+  for (int k = 0; k < 4; ++k) c[k] = fold(b[2 * k], b[2 * k + 1], lo4, hi4);
+  for (int k = 0; k < 2; ++k) d[k] = fold(c[2 * k], c[2 * k + 1], lo2, hi2);
+  return fold(d[0], d[1], lo1, hi1);
 }
 constexpr int kBitrev4[16] = {0, 8, 4, 12, 2, 10, 6, 14, 1, 9, 5, 13, 3, 11, 7, 15};
 

@@ -15,7 +15,8 @@ constexpr int64_t kChunk = 4096;  // elements per logdet partial: ops/affine_cou
 std::pair<at::Tensor, at::Tensor> forward_pass(const at::Tensor& x, const at::Tensor& h, bool affine, bool exp_scale) {
   const int64_t B = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3), Ca = C / 2;
   at::Tensor y = at::empty_like(x);
-  at::Tensor ld = affine ? at::empty({B}, x.options().dtype(acc_type(x))) : at::zeros({B}, x.options().dtype(acc_type(x)));
+  const auto ld_options = x.options().dtype(acc_type(x));
+  at::Tensor ld = affine ? at::empty({B}, ld_options) : at::zeros({B}, ld_options);
   AffineCouplingParams p;
   p.dtype = dtype_code(x);
   p.nthreads = at::get_num_threads();

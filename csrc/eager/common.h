@@ -35,8 +35,9 @@ inline at::Tensor acc(const at::Tensor& t, at::ScalarType type) {
 
 inline const void* ptr_or_null(const at::Tensor& t) { return t.defined() ? t.data_ptr() : nullptr; }
 
-// The entry points are importable on their own (flowkern._C_eager.*) and take flowkern/ops/' valid calls unchecked:
-// every argument is checked here, cheaply, so a bad one raises instead of handing the kernels a bad pointer.
+// flowkern/ops/ hands the entry points its calls before checking them, and they are importable on their own
+// (flowkern._C_eager.*): every argument is checked here, cheaply, so a bad one raises instead of handing the kernels
+// a bad pointer.
 // `data`: the op's data tensors (x, h, ...): CPU, contiguous, non-empty, float32 or float64, one dtype, 4-D, one
 // batch size and frame size.
 inline void check_data(const char* op, std::initializer_list<std::pair<const char*, const at::Tensor*>> data) {
