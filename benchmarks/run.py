@@ -94,6 +94,9 @@ def main(argv=None):
     p.add_argument("--default-malloc", action="store_true",
                    help="leave glibc malloc as it is (by default the CPU run keeps freed memory, see "
                         "flowkern.memory.keep_freed_cpu_memory)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the results at --out (by default a run never replaces another: the default name "
+                        "takes a free suffix, an --out that holds results is refused)")
     p.add_argument("--single-calls", action="store_true",
                    help="CPU: time one call per candidate per round instead of a block of back-to-back calls (the "
                         "cold-start latency of a call that follows the other candidates; see timing.median_times)")
@@ -136,8 +139,8 @@ def main(argv=None):
         name = re.sub(r"[^A-Za-z0-9]+", "-", env["device"]).strip("-").lower()[:40]
         out = free_name(os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
                                      f"{name}-{suite}-{env['date'][:10]}"))
-    elif taken(out):
-        p.error(f"--out {out}: {out}.md or {out}.json exists; a run never replaces another (choose another name)")
+    elif taken(out) and not args.overwrite:
+        p.error(f"--out: {out}.md or {out}.json exists: choose another --out, or pass --overwrite")
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
 
     sections = {}

@@ -46,14 +46,17 @@ def test_benchmark_suite_smoke(tmp_path):
 
 
 def test_a_run_never_replaces_another(tmp_path, capsys):
-    """An explicit --out that holds results is refused before anything runs; the default name takes a free suffix."""
+    """An explicit --out that holds results is refused before anything runs (unless --overwrite); the default name
+    takes a free suffix."""
     run = _run_module()
     (tmp_path / "r.md").write_text("an earlier run")
     with pytest.raises(SystemExit):
         run.main(["--suite", "smoke", "--device", "cpu", "--only", "roofline", "--out", str(tmp_path / "r")])
-    assert "a run never replaces another" in capsys.readouterr().err
+    assert "exists: choose another --out, or pass --overwrite" in capsys.readouterr().err
     assert (tmp_path / "r.md").read_text() == "an earlier run"
     assert run.free_name(str(tmp_path / "r")) == str(tmp_path / "r-2")
     (tmp_path / "r-2.json").write_text("{}")
     assert run.free_name(str(tmp_path / "r")) == str(tmp_path / "r-3")
     assert run.free_name(str(tmp_path / "new")) == str(tmp_path / "new")
+    run.main(["--suite", "smoke", "--device", "cpu", "--only", "roofline", "--out", str(tmp_path / "r"), "--overwrite"])
+    assert (tmp_path / "r.md").read_text() != "an earlier run"
