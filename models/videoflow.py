@@ -159,6 +159,14 @@ def gaussian_logp(z, mean, logs):
     return (-0.5 * (LOG_2PI + 2.0 * logs + (z - mean) ** 2 * torch.exp(-2.0 * logs))).flatten(1).sum(1)
 
 
+def mixture_logp(z, means, logs, log_pi):
+    """log sum_o pi_o N(z; means[:, o], exp(logs)^2) per sample: z, logs (N, C, H, W), means (N, K, C, H, W), log_pi
+    (N, K). gaussian_logp per component, broadcast over the K means: z and logs are never copied K times, and the
+    log-variance term is summed once."""
+    sq = ((z.unsqueeze(1) - means) ** 2 * torch.exp(-2.0 * logs).unsqueeze(1)).flatten(2).sum(2)  # (N, K)
+    return torch.logsumexp(log_pi - 0.5 * ((LOG_2PI + 2.0 * logs).flatten(1).sum(1, keepdim=True) + sq), 1)
+
+
 class _Branch3d(nn.Module):
     """One dilated branch of a residual block: 2x3x3 conv -> ReLU -> gated unit (1x1x1) -> zero-init 2x3x3 conv.
     With a one-latent window (taps=1) the convs are 1x3x3, as in the reference: a second tap would only see padding."""
@@ -270,11 +278,7 @@ class LatentPrior(nn.Module):
         if not self.mixture:
             mean, logs = self(prev, h)
             return gaussian_logp(z, mean, logs)
-        means, logs, log_pi = self.mixture_parts(prev, h)
-        N, K = log_pi.shape
-        per = gaussian_logp(z.unsqueeze(1).expand_as(means).flatten(0, 1), means.flatten(0, 1),
-                            logs.unsqueeze(1).expand_as(means).flatten(0, 1)).view(N, K)
-        return torch.logsumexp(log_pi + per, 1)
+        return mixture_logp(z, *self.mixture_parts(prev, h))
 
     def sample(self, prev: torch.Tensor, h: Optional[torch.Tensor], temperature: float, generator=None):
         """z ~ p(z | prev, h) with its noise scaled by temperature; a mixture picks its component at random (the most

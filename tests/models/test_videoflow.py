@@ -306,3 +306,22 @@ def test_advect_mixture_samples_pick_one_shift_with_its_weight():
         assert set(which.tolist()) == {1, 5}
         assert abs((which == 1).double().mean().item() - 0.7) < 0.04
         assert torch.allclose(prior.sample(prev[:1], h[:1], 0.0)[0], comps[1])
+
+
+def test_mixture_logp_does_not_copy_z_and_logs_per_component():
+    """The mixture's log-likelihood broadcasts z and logs over the K components: a forward + backward's real peak
+    (PeakMemory: every tensor alive) stays near six copies of the K means (the inputs and their gradients included;
+    nine when z and logs were expanded and flattened into K copies each), and its value is the per-component sum."""
+    from flowkern.memory import PeakMemory
+    from flowkern.models.videoflow import gaussian_logp, mixture_logp
+    torch.manual_seed(0)
+    N, K, C, H, W = 4, 25, 6, 16, 16
+    z, means = torch.randn(N, C, H, W, requires_grad=True), torch.randn(N, K, C, H, W, requires_grad=True)
+    logs = (0.1 * torch.randn(N, C, H, W)).requires_grad_(True)
+    log_pi = torch.randn(N, K).log_softmax(1).requires_grad_(True)
+    with PeakMemory(z, means, logs, log_pi) as mem:
+        mixture_logp(z, means, logs, log_pi).sum().backward()
+    assert mem.peak_bytes < 7 * means.numel() * means.element_size(), mem.breakdown()
+    z64, m64, l64, p64 = (t.detach().double() for t in (z, means, logs, log_pi))
+    want = torch.logsumexp(p64 + torch.stack([gaussian_logp(z64, m64[:, o], l64) for o in range(K)], 1), 1)
+    assert torch.allclose(mixture_logp(z64, m64, l64, p64), want, rtol=1e-12)
