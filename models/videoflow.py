@@ -354,26 +354,35 @@ class VideoFlow(nn.Module):
                              f"got {tuple(video.shape)}")
 
     # ---------------------------------------------------------------------------------------------- likelihood
+    def _first_frames(self, level: int, z: torch.Tensor, h: Optional[torch.Tensor]):
+        """(mean, logs) of the frames the first-frame prior models, flattened over (B, frames), and their count."""
+        first = min(self.first_conditioned, z.shape[1])
+        if not first:
+            return None, None, 0
+        m, s = self.first_priors[level](z[:, :first].flatten(0, 1).shape,
+                                        None if h is None else h[:, :first].flatten(0, 1))
+        return m, s, first
+
+    def _later_frames(self, level: int, z: torch.Tensor, h: Optional[torch.Tensor], call) -> list:
+        """call(window, h_t, z_t) for every frame t the latent prior network models, each call checkpointed (peak
+        memory ~ one frame's activations); window: the n latents before t, a view of z once n are there (the
+        checkpoint then saves no copy), zero-padded before that."""
+        n, out = self.cfg.context, []
+        for t in range(min(self.first_conditioned, z.shape[1]), z.shape[1]):
+            window = z[:, t - n:t] if t >= n else self._window(list(z[:, :t].unbind(1)))
+            args = (window, None if h is None else h[:, t], z[:, t])
+            if self.cfg.checkpoint_prior and torch.is_grad_enabled():
+                out.append(ckpt.checkpoint(call, *args, use_reentrant=False))
+            else:
+                out.append(call(*args))
+        return out
+
     def _level_prior(self, level: int, z: torch.Tensor, h: Optional[torch.Tensor]):
         """(mean, logs) for every frame of level `level`; z (B, T, C, H, W), h (B, T, Ch, H, W) or None."""
-        B, T = z.shape[:2]
-        n = self.cfg.context
-        means, logss = [], []
-        first = min(self.first_conditioned, T)
-        if first:  # frames the first-frame prior models
-            m, s = self.first_priors[level](z[:, :first].flatten(0, 1).shape,
-                                            None if h is None else h[:, :first].flatten(0, 1))
-            means.append(m.reshape(z[:, :first].shape))
-            logss.append(s.reshape(z[:, :first].shape))
+        m, s, first = self._first_frames(level, z, h)
+        means, logss = ([m.reshape(z[:, :first].shape)], [s.reshape(z[:, :first].shape)]) if first else ([], [])
         prior = self.priors[level]
-        for t in range(first, T):  # one checkpointed prior call per frame: peak memory ~ one frame's activations
-            # a view of z when the window is full (the checkpoint then saves no copy); zero-padded before that
-            window = z[:, t - n:t] if t >= n else self._window(list(z[:, :t].unbind(1)))
-            args = (window, None if h is None else h[:, t])
-            if self.cfg.checkpoint_prior and torch.is_grad_enabled():
-                m, s = ckpt.checkpoint(prior, *args, use_reentrant=False)
-            else:
-                m, s = prior(*args)
+        for m, s in self._later_frames(level, z, h, lambda window, h_t, z_t: prior(window, h_t)):
             means.append(m.unsqueeze(1))
             logss.append(s.unsqueeze(1))
         return torch.cat(means, 1), torch.cat(logss, 1)
@@ -384,20 +393,11 @@ class VideoFlow(nn.Module):
         if not self.cfg.advect_mixture:
             mean, logs = self._level_prior(level, z, h)
             return gaussian_logp(z.flatten(0, 1), mean.flatten(0, 1), logs.flatten(0, 1)).view(B, T)
-        n, out = self.cfg.context, []
-        first = min(self.first_conditioned, T)
-        if first:
-            m, s = self.first_priors[level](z[:, :first].flatten(0, 1).shape,
-                                            None if h is None else h[:, :first].flatten(0, 1))
-            out.append(gaussian_logp(z[:, :first].flatten(0, 1), m, s).view(B, first))
+        m, s, first = self._first_frames(level, z, h)
+        out = [gaussian_logp(z[:, :first].flatten(0, 1), m, s).view(B, first)] if first else []
         prior = self.priors[level]
-        for t in range(first, T):  # a checkpointed call per frame, as in _level_prior
-            window = z[:, t - n:t] if t >= n else self._window(list(z[:, :t].unbind(1)))
-            args = (z[:, t], window, None if h is None else h[:, t])
-            if self.cfg.checkpoint_prior and torch.is_grad_enabled():
-                out.append(ckpt.checkpoint(prior.log_prob, *args, use_reentrant=False).unsqueeze(1))
-            else:
-                out.append(prior.log_prob(*args).unsqueeze(1))
+        out += [lp.unsqueeze(1) for lp in
+                self._later_frames(level, z, h, lambda window, h_t, z_t: prior.log_prob(z_t, window, h_t))]
         return torch.cat(out, 1)
 
     @property
