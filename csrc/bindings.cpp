@@ -121,6 +121,8 @@ PYBIND11_MODULE(_C, m) {
   // CPU only: the GPU backends form actnorm_invconv from channel_affine's kernels (kernels.h)
   cpu.def("actnorm_invconv_fwd", &flowkern::actnorm_invconv_fwd_cpu, py::call_guard<py::gil_scoped_release>());
   cpu.def("actnorm_invconv_bwd", &flowkern::actnorm_invconv_bwd_cpu, py::call_guard<py::gil_scoped_release>());
+  cpu.attr("coupling_chunk") = flowkern::kCpuCouplingChunk;
+  cpu.attr("pixel_chunk") = flowkern::kCpuPixelChunk;
   cpu.def("vector_isa", []() { return std::string(flowkern::cpu::cpu_vector_isa()); },
           "the vector build the float kernels run here: avx512, avx2 or baseline (FLOWKERN_CPU_AVX512=0: not avx512)");
 #ifdef FLOWKERN_WITH_CUDA

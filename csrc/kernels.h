@@ -139,4 +139,10 @@ constexpr int64_t kCudaMaxChannels = 32;
 // reduction order, and hence the result bit for bit, is the same on every GPU.
 constexpr int64_t kCudaBwdParts = 512;
 
+// The CPU kernels' fixed work splits, so results never depend on the thread count: elements per affine_coupling
+// logdet partial (its chunk), and pixels per channel_affine / actnorm_invconv backward partial. flowkern/ops/ and
+// csrc/eager/ pass these (Python reads them as flowkern._C.cpu.coupling_chunk and .pixel_chunk).
+constexpr int64_t kCpuCouplingChunk = 4096;
+constexpr int64_t kCpuPixelChunk = 1024;
+
 }  // namespace flowkern

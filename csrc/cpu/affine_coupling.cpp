@@ -247,7 +247,7 @@ int bwd(const AffineCouplingParams& p) {
   T* dh = static_cast<T*>(p.dh);
   const int64_t C = p.C, HW = p.HW, Cb = C - p.Ca, E = Cb * HW;
   const int64_t Hc = p.affine ? 2 * Cb : Cb;
-  const int64_t blk = 4096, nblk = (E + blk - 1) / blk;  // fwd's chunk: each thread gets the fwd's samples back
+  const int64_t blk = kCpuCouplingChunk, nblk = (E + blk - 1) / blk;  // fwd's split: a thread gets its samples back
 #pragma omp parallel num_threads(threads_for(p.B * C * HW, p.nthreads, kGrainElements))
   {
   int64_t lo, hi;

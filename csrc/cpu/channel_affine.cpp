@@ -43,17 +43,11 @@ FK_INLINE void store_v(float* p, V v) {
   std::memcpy(p, &v, sizeof v);
 }
 
-// The sum of a vector's lanes, as a tree of half-width vector adds: a chain of scalar adds over 16 lanes cost the
-// AVX-512 build as much as the FMAs of a 16-pixel-deep outer product block.
+// The sum of an 8-float vector's lanes, as a tree of half-width vector adds (the AVX2 / baseline builds; the AVX-512
+// build sums 16 vectors at once, sum16_bitrev).
 FK_INLINE float lane_sum(v4f v) { return (v[0] + v[2]) + (v[1] + v[3]); }
 FK_INLINE float lane_sum(v8f v) {
   v4f lo, hi;
-  std::memcpy(&lo, &v, sizeof lo);
-  std::memcpy(&hi, reinterpret_cast<const char*>(&v) + sizeof lo, sizeof hi);
-  return lane_sum(lo + hi);
-}
-FK_INLINE float lane_sum(v16f v) {
-  v8f lo, hi;
   std::memcpy(&lo, &v, sizeof lo);
   std::memcpy(&hi, reinterpret_cast<const char*>(&v) + sizeof lo, sizeof hi);
   return lane_sum(lo + hi);
@@ -139,9 +133,9 @@ FK_INLINE void affine_tile(const T* in, const T* M, const T* bias, T* out, int64
 }
 
 // dA[i, j] += sum_p dy[i, p] x[j, p] and dc[i] += sum_p dy[i, p] over np pixels (rows strided by HW).
-// A small GEMM: output blocks with 8- or 16-pixel vector accumulators in registers (float 3 x 4: 7 loads per 12
-// FMAs; double 4 x 2), one lane sum per entry per call. Fixed order: deterministic.
-// float: 3 x 4 output blocks of V accumulators (12 registers, + 3 dy vectors + 1 x vector = 16): 7 loads per 12 FMAs.
+// A small GEMM: output blocks with 8- or 16-pixel vector accumulators in registers (float 3 x 4 on 8 floats, 4 x 4
+// on 16; double 4 x 2), one lane sum per entry per call. Fixed order: deterministic.
+// float on 8 floats: 3 x 4 output blocks (12 registers, + 3 dy vectors + 1 x vector = 16): 7 loads per 12 FMAs.
 template <typename V>
 FK_INLINE void outer_block_f32(const float* const (&dyr)[3], const float* const (&xr)[4], float (&out)[3][4],
                                int64_t np_full) {

@@ -10,8 +10,6 @@ namespace {
 using torch::autograd::AutogradContext;
 using torch::autograd::tensor_list;
 
-constexpr int64_t kPixelChunk = 1024;  // pixels per partial of dA, dc: ops/channel_affine.py pixel_chunk("cpu")
-
 // The parameters in the accumulation type, kept alive for the kernel call: plain (s, b, W, ldw) or LU (log_scale, b,
 // lower, upper, log_s, sign, P).
 struct KernelParams {
@@ -86,7 +84,7 @@ std::vector<at::Tensor> backward_pass(const at::Tensor& x, const at::Tensor& dy,
   k.p.dy = ptr_or_null(dy);
   k.p.dld = ptr_or_null(dld_acc);
   k.p.dx = dx.defined() ? dx.data_ptr() : nullptr;
-  k.p.chunk = kPixelChunk;
+  k.p.chunk = kCpuPixelChunk;
   check(actnorm_invconv_bwd_cpu(k.p), "actnorm_invconv_bwd");  // the engine's thread holds no GIL
   g.insert(g.begin(), dx);
   return g;

@@ -9,8 +9,6 @@ namespace {
 using torch::autograd::AutogradContext;
 using torch::autograd::tensor_list;
 
-constexpr int64_t kChunk = 4096;  // elements per logdet partial: ops/affine_coupling.py element_chunk("cpu")
-
 // y = coupling(x, h) and the per-sample logdet, which the kernel sums from its fixed partials (as on the Python path).
 std::pair<at::Tensor, at::Tensor> forward_pass(const at::Tensor& x, const at::Tensor& h, bool affine, bool exp_scale) {
   const int64_t B = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3), Ca = C / 2;
@@ -24,7 +22,7 @@ std::pair<at::Tensor, at::Tensor> forward_pass(const at::Tensor& x, const at::Te
   p.y = y.data_ptr();
   p.h = h.data_ptr();
   p.ld = affine ? ld.data_ptr() : nullptr;
-  p.B = B, p.C = C, p.Ca = Ca, p.HW = HW, p.chunk = kChunk, p.affine = affine, p.exp_scale = exp_scale;
+  p.B = B, p.C = C, p.Ca = Ca, p.HW = HW, p.chunk = kCpuCouplingChunk, p.affine = affine, p.exp_scale = exp_scale;
   check(nogil([&] { return affine_coupling_fwd<Device::kCPU>(p); }), "affine_coupling_fwd");
   return {y, ld};
 }

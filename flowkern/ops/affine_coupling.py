@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from flowkern import _ext
 from flowkern.ops import eager
 from flowkern.ops.checks import acc_dtype, cdiv, check_nchw, check_same_device, round_up
 from flowkern.ops.dispatch import FusedOp, launch, pick_backend
@@ -81,7 +82,7 @@ def element_chunk(backend: str, B: int, E: int) -> int:
     """Elements per logdet partial. A function of the shape only, so the reduction order (and hence the result, bit
     for bit) never depends on the thread count or timing."""
     if backend == "cpu":
-        return 4096
+        return _ext._C.cpu.coupling_chunk  # csrc/kernels.h: kCpuCouplingChunk
     return max(1024, round_up(cdiv(B * E, 1024), 1024))
 
 

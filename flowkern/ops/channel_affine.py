@@ -42,7 +42,7 @@ def pixel_chunk(backend: str, B: int, HW: int) -> int:
     """Pixels per partial sum of the backward (CPU and Triton). A function of the shape only, so the reduction order
     (and hence the result, bit for bit) never depends on the thread count, timing or GPU."""
     if backend == "cpu":
-        return 1024
+        return _ext._C.cpu.pixel_chunk  # csrc/kernels.h: kCpuPixelChunk
     return max(256, round_up(cdiv(B * HW, 512), 256))  # GPU: ~512 programs in flight
 
 
