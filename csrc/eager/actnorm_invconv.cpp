@@ -7,9 +7,6 @@ namespace flowkern {
 namespace eager {
 namespace {
 
-using torch::autograd::AutogradContext;
-using torch::autograd::tensor_list;
-
 // The parameters in the accumulation type, kept alive for the kernel call: plain (s, b, W, ldw) or LU (log_scale, b,
 // lower, upper, log_s, sign, P).
 struct KernelParams {
@@ -94,92 +91,112 @@ at::Tensor to_dtype(const at::Tensor& g, const at::Tensor& like) {
   return g.defined() ? g.to(like.scalar_type()) : g;
 }
 
-struct ActNormInvConvFunction : public torch::autograd::Function<ActNormInvConvFunction> {
-  static tensor_list forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& s, const at::Tensor& b,
-                             const at::Tensor& W, const at::Tensor& ldw) {
-    ctx->save_for_backward({x, s, b, W, ldw});
-    ctx->set_materialize_grads(false);  // a loss without y must not cost a kernel pass over zeros
-    auto [y, ld] = forward_pass(x, plain_params(x, s, b, W, ldw));
-    return {y, ld};
+// The plain op's autograd node: inputs x, s, b, W, ldw. An output without a gradient stays undefined (a loss
+// without y must not cost a kernel pass over zeros).
+struct ActNormInvConvBackward final : torch::autograd::Node {
+  torch::autograd::SavedVariable x, s, b, W, ldw;
+
+  std::string name() const override { return "flowkern::ActNormInvConvBackward"; }
+  void release_variables() override {
+    for (auto* v : {&x, &s, &b, &W, &ldw}) v->reset_data();
   }
 
-  static tensor_list backward(AutogradContext* ctx, tensor_list grads) {
-    const auto v = ctx->get_saved_variables();
-    const at::Tensor &x = v[0], &s = v[1], &b = v[2], &W = v[3], &ldw = v[4];
+  torch::autograd::variable_list apply(torch::autograd::variable_list&& grads) override {
+    const at::Tensor xv = x.unpack(), sv = s.unpack(), bv = b.unpack(), Wv = W.unpack(), ldwv = ldw.unpack();
     const at::Tensor dy = grads[0].defined() ? grads[0].contiguous() : grads[0];
     if (at::GradMode::is_enabled())  // create_graph=True: gradients in differentiable torch ops
-      return double_backward("actnorm_invconv", {x, s, b, W, ldw, dy, grads[1]}, {});
-    auto g = backward_pass(x, dy, grads[1], plain_params(x, s, b, W, ldw), false);
-    return {g[0], to_dtype(g[1], s), to_dtype(g[2], b), to_dtype(g[3], W), to_dtype(g[4], ldw)};
+      return double_backward("actnorm_invconv", {xv, sv, bv, Wv, ldwv, dy, grads[1]}, {});
+    auto g = backward_pass(xv, dy, grads[1], plain_params(xv, sv, bv, Wv, ldwv), false);
+    return {g[0], to_dtype(g[1], sv), to_dtype(g[2], bv), to_dtype(g[3], Wv), to_dtype(g[4], ldwv)};
   }
 };
 
-struct ActNormInvConvLUFunction : public torch::autograd::Function<ActNormInvConvLUFunction> {
-  // lu: log_scale, bias, lower, upper, log_s, P, sign
-  static tensor_list forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& log_scale,
-                             const at::Tensor& bias, const at::Tensor& lower, const at::Tensor& upper,
-                             const at::Tensor& log_s, const at::Tensor& P, const at::Tensor& sign) {
-    ctx->save_for_backward({x, log_scale, bias, lower, upper, log_s, P, sign});
-    ctx->set_materialize_grads(false);
-    auto [y, ld] = forward_pass(x, lu_params(x, {log_scale, bias, lower, upper, log_s, P, sign}));
-    return {y, ld};
+// The LU op's node: inputs x, log_scale, bias, lower, upper, log_s; P and sign are constants (saved, no edges).
+struct ActNormInvConvLUBackward final : torch::autograd::Node {
+  torch::autograd::SavedVariable x, log_scale, bias, lower, upper, log_s, P, sign;
+
+  std::string name() const override { return "flowkern::ActNormInvConvLUBackward"; }
+  void release_variables() override {
+    for (auto* v : {&x, &log_scale, &bias, &lower, &upper, &log_s, &P, &sign}) v->reset_data();
   }
 
-  static tensor_list backward(AutogradContext* ctx, tensor_list grads) {
-    const auto v = ctx->get_saved_variables();  // x, then the seven LU inputs
+  torch::autograd::variable_list apply(torch::autograd::variable_list&& grads) override {
+    std::vector<at::Tensor> v;  // x, then the seven LU inputs
+    for (auto* saved : {&x, &log_scale, &bias, &lower, &upper, &log_s, &P, &sign}) v.push_back(saved->unpack());
     const at::Tensor dy = grads[0].defined() ? grads[0].contiguous() : grads[0];
     std::vector<bool> wanted;
-    for (int i = 0; i < 6; ++i) wanted.push_back(ctx->needs_input_grad(i));
-    tensor_list out;
+    for (int i = 0; i < 6; ++i) wanted.push_back(task_should_compute_output(i));
     if (at::GradMode::is_enabled()) {
-      std::vector<at::Tensor> t(v.begin(), v.end());
-      t.push_back(dy);
-      t.push_back(grads[1]);
-      out = double_backward("actnorm_invconv_lu", t, wanted);
-    } else {
-      const std::vector<at::Tensor> lu(v.begin() + 1, v.end());
-      auto g = backward_pass(v[0], dy, grads[1], lu_params(v[0], lu), true);
-      for (int i = 0; i < 6; ++i) out.push_back(wanted[i] ? to_dtype(g[i], v[i]) : at::Tensor());
+      v.push_back(dy);
+      v.push_back(grads[1]);
+      auto out = double_backward("actnorm_invconv_lu", v, wanted);
+      out.resize(6);  // P and sign: no edges
+      return out;
     }
-    out.resize(8);  // P and sign: constants
+    const std::vector<at::Tensor> lu(v.begin() + 1, v.end());
+    auto g = backward_pass(v[0], dy, grads[1], lu_params(v[0], lu), true);
+    torch::autograd::variable_list out;
+    for (int i = 0; i < 6; ++i) out.push_back(wanted[i] ? to_dtype(g[i], v[i]) : at::Tensor());
     return out;
   }
 };
 
-std::vector<at::Tensor> actnorm_invconv(const at::Tensor& x, const at::Tensor& s, const at::Tensor& b,
-                                        const at::Tensor& W, const at::Tensor& ldw) {
-  check_data("actnorm_invconv", {{"x", &x}});
+bool has_tangent(std::initializer_list<const at::Tensor*> params) {
+  for (const at::Tensor* t : params)
+    if (t->_fw_grad(0).defined()) return true;
+  return false;
+}
+
+// x (B, C, H, W) and the layer's parameters. None for a call check_data leaves to flowkern/ops/ (or a parameter with
+// a forward-mode tangent); raises for a malformed one. An autograd node when grad mode is on and an input requires
+// grad.
+Result actnorm_invconv(const at::Tensor& x, const at::Tensor& s, const at::Tensor& b, const at::Tensor& W,
+                       const at::Tensor& ldw) {
+  if (!check_data("actnorm_invconv", {{"x", &x}})) return std::nullopt;
   const int64_t C = x.size(1);
   check_param("actnorm_invconv", "s", s, {C}), check_param("actnorm_invconv", "b", b, {C});
   check_param("actnorm_invconv", "W", W, {C, C}), check_param("actnorm_invconv", "ldw", ldw, {});
-  if (at::GradMode::is_enabled() &&
-      (x.requires_grad() || s.requires_grad() || b.requires_grad() || W.requires_grad() || ldw.requires_grad()))
-    return ActNormInvConvFunction::apply(x, s, b, W, ldw);
+  if (has_tangent({&s, &b, &W, &ldw})) return std::nullopt;
   auto [y, ld] = forward_pass(x, plain_params(x, s, b, W, ldw));
-  return {y, ld};
+  if (records({&x, &s, &b, &W, &ldw})) {
+    auto node = make_node<ActNormInvConvBackward>();
+    link_node(node, {&x, &s, &b, &W, &ldw}, {&y, &ld});
+    node->x = torch::autograd::SavedVariable(x, false), node->s = torch::autograd::SavedVariable(s, false);
+    node->b = torch::autograd::SavedVariable(b, false), node->W = torch::autograd::SavedVariable(W, false);
+    node->ldw = torch::autograd::SavedVariable(ldw, false);
+  }
+  return std::make_tuple(y, ld);
 }
 
-std::vector<at::Tensor> actnorm_invconv_lu(const at::Tensor& x, const at::Tensor& log_scale, const at::Tensor& bias,
-                                           const at::Tensor& lower, const at::Tensor& upper, const at::Tensor& log_s,
-                                           const at::Tensor& P, const at::Tensor& sign) {
-  check_data("actnorm_invconv_lu", {{"x", &x}});
+Result actnorm_invconv_lu(const at::Tensor& x, const at::Tensor& log_scale, const at::Tensor& bias,
+                          const at::Tensor& lower, const at::Tensor& upper, const at::Tensor& log_s,
+                          const at::Tensor& P, const at::Tensor& sign) {
+  if (!check_data("actnorm_invconv_lu", {{"x", &x}})) return std::nullopt;
   const int64_t C = x.size(1);
   const char* op = "actnorm_invconv_lu";
   check_param(op, "log_scale", log_scale, {C}), check_param(op, "bias", bias, {C});
   check_param(op, "lower", lower, {C, C}), check_param(op, "upper", upper, {C, C});
   check_param(op, "log_s", log_s, {C}), check_param(op, "P", P, {C, C}), check_param(op, "sign", sign, {C});
-  bool grad = at::GradMode::is_enabled() && (x.requires_grad() || log_scale.requires_grad() || bias.requires_grad() ||
-                                             lower.requires_grad() || upper.requires_grad() || log_s.requires_grad());
-  if (grad) return ActNormInvConvLUFunction::apply(x, log_scale, bias, lower, upper, log_s, P, sign);
+  if (has_tangent({&log_scale, &bias, &lower, &upper, &log_s, &P, &sign})) return std::nullopt;
   auto [y, ld] = forward_pass(x, lu_params(x, {log_scale, bias, lower, upper, log_s, P, sign}));
-  return {y, ld};
+  if (records({&x, &log_scale, &bias, &lower, &upper, &log_s})) {
+    auto node = make_node<ActNormInvConvLUBackward>();
+    link_node(node, {&x, &log_scale, &bias, &lower, &upper, &log_s}, {&y, &ld});
+    auto* n = node.get();
+    for (auto [saved, t] : {std::pair{&n->x, &x}, {&n->log_scale, &log_scale}, {&n->bias, &bias}, {&n->lower, &lower},
+                            {&n->upper, &upper}, {&n->log_s, &log_s}, {&n->P, &P}, {&n->sign, &sign}})
+      *saved = torch::autograd::SavedVariable(*t, false);
+  }
+  return std::make_tuple(y, ld);
 }
 
 }  // namespace
 
 void def_actnorm_invconv(pybind11::module_& m) {
-  m.def("actnorm_invconv", &actnorm_invconv, "(y, logdet); see flowkern.ops.actnorm_invconv");
-  m.def("actnorm_invconv_lu", &actnorm_invconv_lu, "(y, logdet); see flowkern.ops.actnorm_invconv_lu");
+  m.def("actnorm_invconv", &actnorm_invconv,
+        "(y, logdet), or None for a call left to flowkern.ops.actnorm_invconv (see there)");
+  m.def("actnorm_invconv_lu", &actnorm_invconv_lu,
+        "(y, logdet), or None for a call left to flowkern.ops.actnorm_invconv_lu (see there)");
 }
 
 }  // namespace eager

@@ -6,7 +6,9 @@
 #pragma once
 #include <torch/extension.h>
 
+#include <optional>
 #include <string>
+#include <tuple>
 
 #include "kernels.h"
 
@@ -35,27 +37,39 @@ inline at::Tensor acc(const at::Tensor& t, at::ScalarType type) {
 
 inline const void* ptr_or_null(const at::Tensor& t) { return t.defined() ? t.data_ptr() : nullptr; }
 
-// flowkern/ops/ hands the entry points its calls before checking them, and they are importable on their own
-// (flowkern._C_eager.*): every argument is checked here, cheaply, so a bad one raises instead of handing the kernels
-// a bad pointer.
-// `data`: the op's data tensors (x, h, ...): CPU, contiguous, non-empty, float32 or float64, one dtype, 4-D, one
-// batch size and frame size.
-inline void check_data(const char* op, std::initializer_list<std::pair<const char*, const at::Tensor*>> data) {
+// flowkern/ops/ hands the entry points its calls before checking them (eager.fast), and they are importable on their
+// own (flowkern._C_eager.*): every argument is checked here, cheaply, before a kernel sees a pointer.
+// `data`: the op's data tensors (x, h, ...). Returns false for a call these entries do not take, which the entry
+// answers with None and flowkern/ops/ converts or dispatches: a tensor not on the CPU, not float32/float64, of
+// another dtype than the first, not contiguous, empty, or carrying a forward-mode tangent (those the Python path
+// handles; an exception here would cost ~10 us per call). Raises, naming the tensor, for a call that is malformed:
+// not 4-D, or another batch or frame size than the first.
+inline bool check_data(const char* op, std::initializer_list<std::pair<const char*, const at::Tensor*>> data) {
   const at::Tensor& first = *data.begin()->second;
   for (const auto& [name, t] : data) {
     TORCH_CHECK(t->defined(), "flowkern._C_eager.", op, ": ", name, " is undefined");
-    TORCH_CHECK(t->device().is_cpu(), "flowkern._C_eager.", op, ": ", name, " must be a CPU tensor, got ", t->device());
-    TORCH_CHECK(t->scalar_type() == at::kFloat || t->scalar_type() == at::kDouble, "flowkern._C_eager.", op, ": ",
-                name, " must be float32 or float64, got ", t->scalar_type());
-    TORCH_CHECK(t->scalar_type() == first.scalar_type(), "flowkern._C_eager.", op, ": ", name, " is ",
-                t->scalar_type(), " but ", data.begin()->first, " is ", first.scalar_type());
+    if (!t->device().is_cpu() || (t->scalar_type() != at::kFloat && t->scalar_type() != at::kDouble) ||
+        t->scalar_type() != first.scalar_type() || !t->is_contiguous() || t->numel() == 0 || t->_fw_grad(0).defined())
+      return false;
+  }
+  for (const auto& [name, t] : data) {
     TORCH_CHECK(t->dim() == 4, "flowkern._C_eager.", op, ": ", name, " must be 4-D (B, C, H, W), got ", t->sizes());
-    TORCH_CHECK(t->is_contiguous(), "flowkern._C_eager.", op, ": ", name, " must be contiguous");
-    TORCH_CHECK(t->numel() > 0, "flowkern._C_eager.", op, ": ", name, " is empty");
     TORCH_CHECK(t->size(0) == first.size(0) && t->size(2) == first.size(2) && t->size(3) == first.size(3),
                 "flowkern._C_eager.", op, ": ", name, " has shape ", t->sizes(), ", ", data.begin()->first, " ",
                 first.sizes());
   }
+  return true;
+}
+
+// An entry's answer: (y, logdet), or None for a call it does not take (check_data).
+using Result = std::optional<std::tuple<at::Tensor, at::Tensor>>;
+
+// Whether the call records an autograd node: grad mode on and an input that requires grad.
+inline bool records(std::initializer_list<const at::Tensor*> inputs) {
+  if (!at::GradMode::is_enabled()) return false;
+  for (const at::Tensor* t : inputs)
+    if (t->requires_grad()) return true;
+  return false;
 }
 
 // A parameter: CPU, of the given shape (its dtype may differ: the kernels take it in the accumulation type, see
@@ -81,6 +95,30 @@ int nogil(F&& kernel) {
     return kernel();
   }
   return kernel();
+}
+
+// A C++ autograd node of ours, as torch's own ops make theirs (a Node subclass whose apply() calls the backward
+// kernel; created with make_node, linked with link_node). At Glow-step sizes an autograd::Function's generic
+// machinery (an AutogradContext, its saved_data map, the output wrapping and the grad materialisation) costs
+// several times the node itself, on cold caches after a kernel streamed megabytes. Torch 2.12 moved nodes from
+// std::shared_ptr to c10::intrusive_ptr: make_node builds whichever this torch uses.
+template <typename N>
+auto make_node() {
+  if constexpr (std::is_base_of_v<c10::intrusive_ptr_target, N>) {
+    return c10::make_intrusive<N>();
+  } else {
+    return std::shared_ptr<N>(new N(), [](auto* node) { deleteNode(node); });  // torch's deleter: no deep recursion
+  }
+}
+
+// The node's inputs' gradient edges, and the node as the grad_fn of its outputs (output i: the node's input i).
+template <typename Ptr>
+void link_node(const Ptr& node, std::initializer_list<const at::Tensor*> inputs,
+               std::initializer_list<at::Tensor*> outputs) {
+  torch::autograd::edge_list edges;
+  for (const at::Tensor* t : inputs) edges.push_back(torch::autograd::impl::gradient_edge(*t));
+  node->set_next_edges(std::move(edges));
+  for (at::Tensor* t : outputs) torch::autograd::create_gradient_edge(*t, node);
 }
 
 // Under create_graph=True a backward must itself be differentiable: the autograd nodes here then call back into

@@ -64,19 +64,17 @@ def actnorm_invconv(x: Tensor, s: Tensor, b: Tensor, W: Tensor,
     x (B, C, H, W); s, b (C,); W (C, C); logdet_w: log|det W| if already known (LU: sum log|diag U|),
     else computed with a float64 slogdet. Returns (y, logdet (B,)), logdet = H*W*(sum log|s| + log|det W|).
     """
-    if logdet_w is not None and (m := eager.direct(x)) is not None:
-        try:
-            return tuple(m.actnorm_invconv(x, s, b, W, logdet_w))
-        except (RuntimeError, TypeError):
-            pass  # refused (a shape, an argument's type): the checks below name the problem
+    if logdet_w is not None and (out := eager.call_first("actnorm_invconv", x, s, b, W, logdet_w)) is not None:
+        return out
     _check("actnorm_invconv", x, s, b, W)
     backend = pick_backend(x, max_channels)
     if backend == "torch":
         return actnorm_invconv_ref(x, s, b, W, logdet_w)
     if logdet_w is None:  # float64 slogdet: stable for ill-conditioned W
         logdet_w = torch.linalg.slogdet(W.double())[1]
-    if backend == "cpu" and (m := eager.module(x)) is not None:
-        return tuple(m.actnorm_invconv(x.contiguous(), s, b, W, logdet_w))
+    if backend == "cpu" and (m := eager.module(x)) is not None and \
+            (out := m.actnorm_invconv(x.contiguous(), s, b, W, logdet_w)) is not None:
+        return out
     if needs_grad(x, s, b, W, logdet_w) and not torch.compiler.is_compiling():
         return ActNormInvConvFunction.apply(x.contiguous(), s, b, W, logdet_w, backend)
     if backend == "cpu" and not torch.compiler.is_compiling():
@@ -358,11 +356,8 @@ def actnorm_invconv_lu(x: Tensor, log_scale: Tensor, bias: Tensor, lower: Tensor
     diag(sign e^log_s) (ActNorm2d's log_scale and bias, InvConv1x1LU's lower, upper, log_s, P and sign_s).
     Returns (y, logdet (B,)), logdet = H*W*(sum log_scale + sum log_s). P must be a permutation matrix."""
     params = (log_scale, bias, lower, upper, log_s, P, sign)
-    if (m := eager.direct(x)) is not None:
-        try:
-            return tuple(m.actnorm_invconv_lu(x, *params))
-        except (RuntimeError, TypeError):
-            pass  # refused (a shape, an argument's type, P): the checks below name the problem
+    if (out := eager.call_first("actnorm_invconv_lu", x, *params)) is not None:
+        return out  # else: not taken, or refused (a shape, an argument's type, P): the checks below name the problem
     _check_lu("actnorm_invconv_lu", x, *params)
     backend = pick_backend(x, max_channels)
     if backend == "torch":
@@ -374,10 +369,12 @@ def actnorm_invconv_lu(x: Tensor, log_scale: Tensor, bias: Tensor, lower: Tensor
             return actnorm_invconv(x, log_scale.exp(), bias, W, log_s.sum())
     if (m := eager.module(x)) is not None:
         try:
-            return tuple(m.actnorm_invconv_lu(x.contiguous(), *params))
+            out = m.actnorm_invconv_lu(x.contiguous(), *params)
         except RuntimeError:
             _lu_refused("actnorm_invconv_lu", P)
             raise
+        if out is not None:
+            return out
     if needs_grad(x, *params):
         return ActNormInvConvLUFunction.apply(x.contiguous(), *params)
     return _cpu_lu_fwd(x.contiguous(), *params)

@@ -203,7 +203,8 @@ def _run(op: str, fused: FusedOp, ref, t: Tensor, h: Tensor, affine: bool, scale
     if backend == "torch":
         return ref(t, h, affine, scale)
     if fused is affine_coupling_fwd_op and backend == "cpu" and (m := eager.module(t)) is not None:
-        return tuple(m.affine_coupling(t.contiguous(), h.contiguous(), affine, scale == "exp"))
+        if (out := m.affine_coupling(t.contiguous(), h.contiguous(), affine, scale)) is not None:
+            return out
     return fused(t.contiguous(), h.contiguous(), affine, scale, backend)
 
 
@@ -212,11 +213,8 @@ def affine_coupling(x: Tensor, h: Tensor, affine: bool = True, scale: str = "sig
     applied to x[:, :C//2]. scale: "sigmoid" (s = sigmoid(h_s + 2), Glow's) or "exp" (s = exp(h_s): h_s is the
     log-scale; bound it, e.g. with a tanh clamp, since nothing here does). Returns (y, logdet (B,)); h is cast to x's
     dtype."""
-    if scale in SCALES and (m := eager.direct(x, h)) is not None:
-        try:
-            return tuple(m.affine_coupling(x, h, affine, scale == "exp"))
-        except (RuntimeError, TypeError):
-            pass  # refused (a shape, an argument's type): _run's checks name the problem
+    if (out := eager.call_first("affine_coupling", x, h, affine, scale)) is not None:
+        return out
     return _run("affine_coupling", affine_coupling_fwd_op, affine_coupling_ref, x, h, affine, scale)
 
 

@@ -5,9 +5,9 @@ run in C++: one Python call instead of a dozen small ones (params structs, alloc
 at Glow-step sizes cost as much as the kernel. The module is built when torch is importable at build time
 (`pip install --no-build-isolation .`, as `make` installs) and is tied to that torch version. Without it, with
 FLOWKERN_EAGER=0 in the environment, or under torch.compile, the same kernels run through flowkern/ops/ (dispatch.py);
-the results are the same bit for bit (same kernels, same partial sums). A call on contiguous float CPU tensors goes
-to C++ before any Python check (direct(): the entries check every argument themselves); the ops' Python checks run
-when an entry refuses, and name the problem.
+the results are the same bit for bit (same kernels, same partial sums). A call on CPU tensors goes to C++ before any
+Python check (call_first(): the entries check every argument themselves); the ops' Python path runs when an entry
+does not take the call or refuses it, and its checks name the problem.
 """
 import importlib
 import os
@@ -67,21 +67,23 @@ def status() -> dict:
             "reason": "" if ENABLED else "disabled (FLOWKERN_EAGER=0)"}
 
 
-_FLOATS = (torch.float32, torch.float64)
+_CPU_BACKENDS = ("auto", "cpu")
 
 
-def direct(x: torch.Tensor, *same: torch.Tensor):
-    """flowkern._C_eager for a call that can go to it before any Python check, or None: the backend is "auto" or
-    "cpu", and x and `same` are contiguous CPU tensors of one float32/float64 dtype (nothing to convert). The C++
-    entry checks every shape itself; when it refuses, the op runs its Python checks, which name the problem. At
-    Glow-step sizes those checks, run after a kernel has streamed megabytes through the caches, cost as much as a
-    tenth of the call."""
-    if _module is None or not ENABLED or _backend.get_backend() not in ("auto", "cpu") or x.dtype not in _FLOATS:
+def call_first(entry: str, x: torch.Tensor, *args):
+    """flowkern._C_eager.<entry>(x, *args) for an op's call before any Python check, or None: not built, disabled,
+    x not a CPU tensor, the backend neither "auto" nor "cpu", under torch.compile, or a call the entry does not take
+    (it answers None for a tensor that is not contiguous float32/float64, or that carries a forward-mode tangent:
+    the op's Python path converts or dispatches it) or finds malformed (it raises; the op's Python checks then name
+    the problem in the op's terms). At Glow-step sizes the Python checks, run after a kernel has streamed megabytes
+    through the caches, cost as much as a tenth of the call."""
+    if (_module is None or not ENABLED or not isinstance(x, torch.Tensor) or not x.is_cpu
+            or _backend.get_backend() not in _CPU_BACKENDS or torch.compiler.is_compiling()):
         return None
-    for t in (x, *same):
-        if t.device.type != "cpu" or t.dtype != x.dtype or not t.is_contiguous():
-            return None
-    return None if torch.compiler.is_compiling() else _module
+    try:
+        return getattr(_module, entry)(x, *args)
+    except (RuntimeError, TypeError):
+        return None
 
 
 def module(x: torch.Tensor):

@@ -157,19 +157,27 @@ def test_a_refused_permutation_is_named_on_the_eager_path():
                                torch.zeros(C), P, torch.ones(C))
 
 
-def test_direct_calls_with_bad_tensors_raise_a_named_error():
-    """flowkern._C_eager is importable on its own: what flowkern/ops/ checks is checked again there, so a direct call
-    raises (naming the tensor and the problem) instead of handing the kernels a bad pointer."""
+def test_direct_calls_answer_none_for_calls_not_theirs_and_raise_a_named_error_for_malformed_ones():
+    """flowkern._C_eager is importable on its own: a call the entries do not take (a strided, half, empty tensor, or
+    data tensors of two dtypes) gets None, and flowkern/ops/ converts it (no exception: one costs ~10 us per call);
+    a malformed call raises, naming the tensor and the problem, instead of handing the kernels a bad pointer."""
     m = eager.module(torch.zeros(1))
     x, h = torch.randn(2, 6, 5, 7), torch.randn(2, 6, 5, 7)
     s, b, W, ldw = torch.rand(6) + 0.5, torch.randn(6), torch.linalg.qr(torch.randn(6, 6))[0], torch.zeros(())
-    cases = [
-        (lambda: m.affine_coupling(x.transpose(2, 3), h.transpose(2, 3), True, False), "x must be contiguous"),
-        (lambda: m.affine_coupling(x, h.double(), True, False), "h is Double but x is Float"),
-        (lambda: m.affine_coupling(x, h[:, :5].contiguous(), True, False), "h has 5 channels, expected 6"),
-        (lambda: m.affine_coupling(x, h[:1].contiguous(), True, False), "h has shape"),
-        (lambda: m.affine_coupling(x.half(), h.half(), True, False), "x must be float32 or float64"),
-        (lambda: m.affine_coupling(x[:0], h[:0], True, False), "x is empty"),
+    not_theirs = [
+        lambda: m.affine_coupling(x.transpose(2, 3), h.transpose(2, 3), True, "sigmoid"),
+        lambda: m.affine_coupling(x, h.double(), True, "sigmoid"),
+        lambda: m.affine_coupling(x.half(), h.half(), True, "sigmoid"),
+        lambda: m.affine_coupling(x[:0], h[:0], True, "sigmoid"),
+        lambda: m.actnorm_invconv(x.transpose(2, 3), s, b, W, ldw),
+        lambda: m.actnorm_invconv_lu(x.bfloat16(), s.log(), b, W, W, s.log(), torch.eye(6), torch.ones(6)),
+    ]
+    for call in not_theirs:
+        assert call() is None
+    malformed = [
+        (lambda: m.affine_coupling(x, h[:, :5].contiguous(), True, "sigmoid"), "h has 5 channels, expected 6"),
+        (lambda: m.affine_coupling(x, h[:1].contiguous(), True, "sigmoid"), "h has shape"),
+        (lambda: m.affine_coupling(x, h, True, "tanh"), 'scale must be "sigmoid" or "exp", got "tanh"'),
         (lambda: m.actnorm_invconv(x[0], s, b, W, ldw), "x must be 4-D"),
         (lambda: m.actnorm_invconv(x, s[:5], b, W, ldw), r"s has shape \[5\], expected \[6\]"),
         (lambda: m.actnorm_invconv(x, s, b, W[:5], ldw), r"W has shape \[5, 6\], expected \[6, 6\]"),
@@ -178,14 +186,14 @@ def test_direct_calls_with_bad_tensors_raise_a_named_error():
         (lambda: m.actnorm_invconv_lu(x, s.log(), b, W, W, s.log(), torch.eye(6), torch.ones(5)),
          r"sign has shape \[5\], expected \[6\]"),
     ]
-    for call, message in cases:
+    for call, message in malformed:
         with pytest.raises(RuntimeError, match=message):
             call()
 
 
 def test_valid_eager_calls_go_straight_to_cpp_and_bad_ones_get_the_python_error(monkeypatch):
-    """A contiguous CPU float call enters flowkern._C_eager before any Python check (eager.direct); what C++ refuses,
-    or has to convert first, takes the ops' full Python path, whose checks name the problem."""
+    """A contiguous CPU float call enters flowkern._C_eager before any Python check (eager.call_first); what C++
+    refuses, or has to convert first, takes the ops' full Python path, whose checks name the problem."""
     ac = importlib.import_module("flowkern.ops.affine_coupling")
     ai = importlib.import_module("flowkern.ops.actnorm_invconv")
     x, h = torch.randn(2, 6, 5, 7), torch.randn(2, 6, 5, 7)
@@ -216,3 +224,39 @@ def test_valid_eager_calls_go_straight_to_cpp_and_bad_ones_get_the_python_error(
     xt = x.transpose(2, 3).contiguous().transpose(2, 3)
     assert not xt.is_contiguous()
     assert all(torch.equal(a, b) for a, b in zip(ops.affine_coupling(xt, h), (y, ld)))
+
+
+SAVED = {"affine_coupling": 2, "affine_coupling_exp": 2, "affine_coupling_additive": 2, "actnorm_invconv": 5,
+         "actnorm_invconv_lu": 8}  # the tensors each C++ node saves: (y, h); (x, s, b, W, ldw); x and 7 LU inputs
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_the_c_eager_nodes_keep_autograd_s_guarantees(case):
+    """The C++ nodes are plain autograd Nodes (no autograd::Function): they still save through saved-tensor hooks,
+    refuse a saved tensor changed in place, free what they saved after a backward, and honour retain_graph and a
+    gradient asked for some inputs only."""
+    g = torch.Generator().manual_seed(2)
+    inputs, fn = CASES[case]((2, 6, 3, 4), torch.float64, g)
+    inputs = [t.requires_grad_(True) for t in inputs]
+    if case == "actnorm_invconv":  # with log|det W| given: without it the op's slogdet saves tensors of its own
+        ldw = torch.linalg.slogdet(inputs[3].detach())[1]
+        fn = lambda x, s, b, W: ops.actnorm_invconv(x, s, b, W, ldw)  # noqa: E731
+
+    def loss(y, ld):
+        return (y * torch.linspace(-1, 1, y.numel(), dtype=y.dtype).view_as(y)).sum() + (0.3 * ld).sum()
+    packed = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: packed.append(t) or t, lambda t: t):
+        y, ld = fn(*inputs)
+    assert y.grad_fn.name().startswith("flowkern::") and len(packed) == SAVED[case]
+    first = torch.autograd.grad(loss(y, ld), inputs, retain_graph=True)
+    again = torch.autograd.grad(loss(y, ld), inputs)
+    assert all(torch.equal(a, b) for a, b in zip(first, again))
+    with pytest.raises(RuntimeError, match="backward through the graph a second time"):
+        torch.autograd.grad(loss(y, ld), inputs)
+    some = torch.autograd.grad(loss(*fn(*inputs)), inputs[1:])  # no gradient for x
+    assert all(torch.equal(a, b) for a, b in zip(some, first[1:]))
+    y, ld = fn(*inputs)
+    with torch.no_grad():
+        (y if case.startswith("affine_coupling") else inputs[0]).mul_(2)  # coupling saves y; actnorm x
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        torch.autograd.grad(loss(y, ld), inputs)
