@@ -48,7 +48,7 @@ void set_sizes(ActNormInvConvParams& p, const at::Tensor& x) {
 }
 
 std::pair<at::Tensor, at::Tensor> forward_pass(const at::Tensor& x, KernelParams&& k) {
-  at::Tensor y = at::empty_like(x), ld = at::empty({x.size(0)}, x.options().dtype(acc_type(x)));
+  at::Tensor y = new_cpu(x.sizes(), x.scalar_type()), ld = new_cpu({x.size(0)}, acc_type(x));
   set_sizes(k.p, x);
   k.p.x = x.data_ptr();
   k.p.y = y.data_ptr();
@@ -63,19 +63,19 @@ std::pair<at::Tensor, at::Tensor> forward_pass(const at::Tensor& x, KernelParams
 std::vector<at::Tensor> backward_pass(const at::Tensor& x, const at::Tensor& dy, const at::Tensor& dld,
                                       KernelParams&& k, bool lu) {
   const int64_t C = x.size(1);
-  const auto opts = x.options().dtype(acc_type(x));
+  const auto t = acc_type(x);
+  auto zeros = [t](at::IntArrayRef sizes) { return new_cpu(sizes, t, /*zero=*/true); };
   std::vector<at::Tensor> g;
   if (lu) {
-    g = {at::zeros({C}, opts), at::zeros({C}, opts), at::zeros({C, C}, opts), at::zeros({C, C}, opts),
-         at::zeros({C}, opts)};
+    g = {zeros({C}), zeros({C}), zeros({C, C}), zeros({C, C}), zeros({C})};
     k.p.dlog_scale = g[0].data_ptr(), k.p.db = g[1].data_ptr(), k.p.dlower = g[2].data_ptr();
     k.p.dupper = g[3].data_ptr(), k.p.dlog_s = g[4].data_ptr();
   } else {
-    g = {at::zeros({C}, opts), at::zeros({C}, opts), at::zeros({C, C}, opts), at::zeros({}, opts)};
+    g = {zeros({C}), zeros({C}), zeros({C, C}), zeros({})};
     k.p.ds = g[0].data_ptr(), k.p.db = g[1].data_ptr(), k.p.dW = g[2].data_ptr(), k.p.dldw = g[3].data_ptr();
   }
-  at::Tensor dx = dy.defined() ? at::empty_like(x) : at::Tensor();
-  const at::Tensor dld_acc = dld.defined() ? acc(dld, acc_type(x)) : at::Tensor();
+  at::Tensor dx = dy.defined() ? new_cpu(x.sizes(), x.scalar_type()) : at::Tensor();
+  const at::Tensor dld_acc = dld.defined() ? acc(dld, t) : at::Tensor();
   set_sizes(k.p, x);
   k.p.x = x.data_ptr();
   k.p.dy = ptr_or_null(dy);

@@ -9,9 +9,7 @@ namespace {
 // y = coupling(x, h) and the per-sample logdet, which the kernel sums from its fixed partials (as on the Python path).
 std::pair<at::Tensor, at::Tensor> forward_pass(const at::Tensor& x, const at::Tensor& h, bool affine, bool exp_scale) {
   const int64_t B = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3), Ca = C / 2;
-  at::Tensor y = at::empty_like(x);
-  const auto ld_options = x.options().dtype(acc_type(x));
-  at::Tensor ld = affine ? at::empty({B}, ld_options) : at::zeros({B}, ld_options);
+  at::Tensor y = new_cpu(x.sizes(), x.scalar_type()), ld = new_cpu({B}, acc_type(x), /*zero=*/!affine);
   AffineCouplingParams p;
   p.dtype = dtype_code(x);
   p.nthreads = at::get_num_threads();
@@ -41,10 +39,10 @@ struct AffineCouplingBackward final : torch::autograd::Node {
     const at::Tensor dy = grads[0].defined() ? grads[0].contiguous() : at::zeros_like(yv);
     at::Tensor dld = grads[1].defined() ? grads[1].contiguous() : at::Tensor();
     if (at::GradMode::is_enabled()) {  // create_graph=True: the backward in differentiable torch ops
-      if (!dld.defined()) dld = at::zeros({yv.size(0)}, yv.options().dtype(acc_type(yv)));
+      if (!dld.defined()) dld = new_cpu({yv.size(0)}, acc_type(yv), /*zero=*/true);
       return double_backward("affine_coupling", {yv, hv, dy, dld}, {affine, exp_scale});
     }
-    at::Tensor dx = at::empty_like(yv), dh = at::empty_like(hv);
+    at::Tensor dx = new_cpu(yv.sizes(), yv.scalar_type()), dh = new_cpu(hv.sizes(), hv.scalar_type());
     AffineCouplingParams p;
     p.dtype = dtype_code(yv);
     p.nthreads = at::get_num_threads();
