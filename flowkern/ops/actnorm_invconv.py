@@ -64,8 +64,12 @@ def actnorm_invconv(x: Tensor, s: Tensor, b: Tensor, W: Tensor,
     x (B, C, H, W); s, b (C,); W (C, C); logdet_w: log|det W| if already known (LU: sum log|diag U|),
     else computed with a float64 slogdet. Returns (y, logdet (B,)), logdet = H*W*(sum log|s| + log|det W|).
     """
-    if logdet_w is not None and (out := eager.call_first("actnorm_invconv", x, s, b, W, logdet_w)) is not None:
-        return out
+    if logdet_w is not None and (m := eager.fast(x)) is not None:
+        try:
+            if (out := m.actnorm_invconv(x, s, b, W, logdet_w)) is not None:
+                return out
+        except (RuntimeError, TypeError):
+            pass  # malformed: the checks below name the problem
     _check("actnorm_invconv", x, s, b, W)
     backend = pick_backend(x, max_channels)
     if backend == "torch":
@@ -356,8 +360,12 @@ def actnorm_invconv_lu(x: Tensor, log_scale: Tensor, bias: Tensor, lower: Tensor
     diag(sign e^log_s) (ActNorm2d's log_scale and bias, InvConv1x1LU's lower, upper, log_s, P and sign_s).
     Returns (y, logdet (B,)), logdet = H*W*(sum log_scale + sum log_s). P must be a permutation matrix."""
     params = (log_scale, bias, lower, upper, log_s, P, sign)
-    if (out := eager.call_first("actnorm_invconv_lu", x, *params)) is not None:
-        return out  # else: not taken, or refused (a shape, an argument's type, P): the checks below name the problem
+    if (m := eager.fast(x)) is not None:
+        try:
+            if (out := m.actnorm_invconv_lu(x, *params)) is not None:
+                return out
+        except (RuntimeError, TypeError):
+            pass  # malformed (a shape, an argument's type, P): the checks below name the problem
     _check_lu("actnorm_invconv_lu", x, *params)
     backend = pick_backend(x, max_channels)
     if backend == "torch":

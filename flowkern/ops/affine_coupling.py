@@ -213,8 +213,12 @@ def affine_coupling(x: Tensor, h: Tensor, affine: bool = True, scale: str = "sig
     applied to x[:, :C//2]. scale: "sigmoid" (s = sigmoid(h_s + 2), Glow's) or "exp" (s = exp(h_s): h_s is the
     log-scale; bound it, e.g. with a tanh clamp, since nothing here does). Returns (y, logdet (B,)); h is cast to x's
     dtype."""
-    if (out := eager.call_first("affine_coupling", x, h, affine, scale)) is not None:
-        return out
+    if (m := eager.fast(x)) is not None:
+        try:
+            if (out := m.affine_coupling(x, h, affine, scale)) is not None:
+                return out
+        except (RuntimeError, TypeError):
+            pass  # malformed: _run's checks name the problem
     return _run("affine_coupling", affine_coupling_fwd_op, affine_coupling_ref, x, h, affine, scale)
 
 

@@ -6,7 +6,7 @@ at Glow-step sizes cost as much as the kernel. The module is built when torch is
 (`pip install --no-build-isolation .`, as `make` installs) and is tied to that torch version. Without it, with
 FLOWKERN_EAGER=0 in the environment, or under torch.compile, the same kernels run through flowkern/ops/ (dispatch.py);
 the results are the same bit for bit (same kernels, same partial sums). A call on CPU tensors goes to C++ before any
-Python check (call_first(): the entries check every argument themselves); the ops' Python path runs when an entry
+Python check (fast(): the entries check every argument themselves); the ops' Python path runs when an entry
 does not take the call or refuses it, and its checks name the problem.
 """
 import importlib
@@ -70,20 +70,17 @@ def status() -> dict:
 _CPU_BACKENDS = ("auto", "cpu")
 
 
-def call_first(entry: str, x: torch.Tensor, *args):
-    """flowkern._C_eager.<entry>(x, *args) for an op's call before any Python check, or None: not built, disabled,
-    x not a CPU tensor, the backend neither "auto" nor "cpu", under torch.compile, or a call the entry does not take
-    (it answers None for a tensor that is not contiguous float32/float64, or that carries a forward-mode tangent:
-    the op's Python path converts or dispatches it) or finds malformed (it raises; the op's Python checks then name
-    the problem in the op's terms). At Glow-step sizes the Python checks, run after a kernel has streamed megabytes
-    through the caches, cost as much as a tenth of the call."""
+def fast(x: torch.Tensor):
+    """flowkern._C_eager for an op's call before any Python check, or None: not built, disabled, x not a CPU tensor,
+    the backend neither "auto" nor "cpu", or under torch.compile. Its entry answers None for a call it does not take
+    (a tensor that is not contiguous float32/float64, or carries a forward-mode tangent: the op's Python path converts
+    or dispatches it) and raises for a malformed one (the op's Python checks then name the problem in the op's
+    terms). At Glow-step sizes the Python checks, run after a kernel has streamed megabytes through the caches, cost
+    as much as a tenth of the call; so does a helper frame more (the ops call the entry themselves)."""
     if (_module is None or not ENABLED or not isinstance(x, torch.Tensor) or not x.is_cpu
             or _backend.get_backend() not in _CPU_BACKENDS or torch.compiler.is_compiling()):
         return None
-    try:
-        return getattr(_module, entry)(x, *args)
-    except (RuntimeError, TypeError):
-        return None
+    return _module
 
 
 def module(x: torch.Tensor):

@@ -192,7 +192,7 @@ def test_direct_calls_answer_none_for_calls_not_theirs_and_raise_a_named_error_f
 
 
 def test_valid_eager_calls_go_straight_to_cpp_and_bad_ones_get_the_python_error(monkeypatch):
-    """A contiguous CPU float call enters flowkern._C_eager before any Python check (eager.call_first); what C++
+    """A contiguous CPU float call enters flowkern._C_eager before any Python check (eager.fast); what C++
     refuses, or has to convert first, takes the ops' full Python path, whose checks name the problem."""
     ac = importlib.import_module("flowkern.ops.affine_coupling")
     ai = importlib.import_module("flowkern.ops.actnorm_invconv")
