@@ -71,7 +71,7 @@ def actnorm_invconv(x: Tensor, s: Tensor, b: Tensor, W: Tensor,
         except (RuntimeError, TypeError):
             pass  # malformed: the checks below name the problem
     _check("actnorm_invconv", x, s, b, W)
-    backend = pick_backend(x, max_channels)
+    backend = pick_backend(x, max_channels, inputs=(x, s, b, W, logdet_w))
     if backend == "torch":
         return actnorm_invconv_ref(x, s, b, W, logdet_w)
     if logdet_w is None:  # float64 slogdet: stable for ill-conditioned W
@@ -199,7 +199,7 @@ def actnorm_invconv_inverse(y: Tensor, s: Tensor, b: Tensor, W: Tensor, logdet_w
     if W_inv is None:
         W_inv = torch.linalg.inv(W.double()).to(W.dtype)
     A_inv = W_inv / s[:, None]
-    if pick_backend(y, max_channels) == "torch":
+    if pick_backend(y, max_channels, inputs=(y, s, b, W, logdet_w, W_inv)) == "torch":
         x = channel_affine_ref(y, A_inv) - b.view(1, -1, 1, 1).to(y.dtype)
     else:
         x = channel_affine(y, A_inv, -b)
@@ -367,7 +367,7 @@ def actnorm_invconv_lu(x: Tensor, log_scale: Tensor, bias: Tensor, lower: Tensor
         except (RuntimeError, TypeError):
             pass  # malformed (a shape, an argument's type, P): the checks below name the problem
     _check_lu("actnorm_invconv_lu", x, *params)
-    backend = pick_backend(x, max_channels)
+    backend = pick_backend(x, max_channels, inputs=(x, *params))
     if backend == "torch":
         with no_autocast(x):  # W must be exact for the inverse to match
             return actnorm_invconv_lu_ref(x, *params)

@@ -199,7 +199,7 @@ def _check(op: str, x: Tensor, h: Tensor, affine: bool, scale: str) -> None:
 def _run(op: str, fused: FusedOp, ref, t: Tensor, h: Tensor, affine: bool, scale: str) -> Tuple[Tensor, Tensor]:
     _check(op, t, h, affine, scale)
     h = h.to(t.dtype)  # autocast may give a bf16 h
-    backend = pick_backend(t)
+    backend = pick_backend(t, inputs=(t, h))
     if backend == "torch":
         return ref(t, h, affine, scale)
     if fused is affine_coupling_fwd_op and backend == "cpu" and (m := eager.module(t)) is not None:

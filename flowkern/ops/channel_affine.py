@@ -117,7 +117,7 @@ def channel_affine(x: Tensor, A: Tensor, c: Optional[Tensor] = None) -> Tensor:
     if c is not None:
         check_shape("channel_affine", "c", c, (C,))
     check_same_device("channel_affine", x=x, A=A, c=c)
-    backend = pick_backend(x, max_channels)
+    backend = pick_backend(x, max_channels, inputs=(x, A, c))
     if backend == "torch":
         return channel_affine_ref(x, A, c)
     acc = acc_dtype(x.dtype)

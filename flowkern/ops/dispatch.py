@@ -1,7 +1,7 @@
 """How a fused op reaches its kernel: which backend runs it, which kernel that is, and which autograd path calls it.
 
-- `pick_backend(x, max_channels)`: the backend for tensor x (flowkern.backend), or the reference when "auto" chose a
-  GPU backend whose kernel cannot take x's channel count.
+- `pick_backend(x, max_channels, inputs)`: the backend for tensor x (flowkern.backend), or the reference when "auto"
+  chose a GPU backend whose kernel cannot take x's channel count, or when an input carries a forward-mode tangent.
 - `launch(kernel, backend, **params)`: the one place that calls a kernel. `params` are the fields of the op's params
   struct in csrc/kernels.h, by the same names: tensors (every output allocated by the caller) and sizes. The C++ and
   CUDA kernels get them in that struct (tensors as data pointers); the Triton launchers get them as attributes of a
@@ -17,6 +17,7 @@ from types import SimpleNamespace
 from typing import Callable, Optional
 
 import torch
+import torch.autograd.forward_ad as fwAD
 
 from flowkern import _ext, backend as _backend
 from flowkern.ops.checks import needs_grad
@@ -33,10 +34,22 @@ _PER_SAMPLE = {"channel_affine": ("x", "y", "dy", "dx"),
 MAX_LAUNCH_BATCH = 65535
 
 
-def pick_backend(x: torch.Tensor, max_channels: Optional[Callable[[str], Optional[int]]] = None) -> str:
+def carries_tangent(tensors) -> bool:
+    """Whether one of `tensors` is a dual tensor of forward-mode AD (torch.autograd.forward_ad)."""
+    if getattr(fwAD, "_current_level", 0) < 0:  # no dual level open: nothing can carry one (the common case, free)
+        return False
+    return any(isinstance(t, torch.Tensor) and fwAD.unpack_dual(t).tangent is not None for t in tensors)
+
+
+def pick_backend(x: torch.Tensor, max_channels: Optional[Callable[[str], Optional[int]]] = None,
+                 inputs: tuple = ()) -> str:
     """The concrete backend ("torch", "cpu", "triton" or "cuda") for an op on x. max_channels(backend) gives the
     largest channel count that backend's kernel takes (None: no limit): above it, "auto" falls back to the reference
-    and a forced backend raises."""
+    and a forced backend raises. inputs: the tensors the op is differentiable in; when one carries a forward-mode
+    tangent the op runs its reference whatever the backend, whose torch ops propagate it (the kernels have no
+    forward-mode formula, and would drop it silently)."""
+    if carries_tangent(inputs):
+        return "torch"
     name = _backend.resolve(x)
     limit = max_channels(name) if max_channels is not None and name != "torch" else None
     if limit is not None and x.shape[1] > limit:
