@@ -1,8 +1,8 @@
 // Shared by the torch-linked eager entry points (csrc/eager/*.cpp, module flowkern._C_eager): the same CPU kernels
 // as flowkern._C, called from C++ with at::Tensor, so an eager CPU call (forward, autograd node, backward) costs one
 // Python call instead of a dozen. Every entry checks its arguments (check_data, check_param): flowkern/ops/ calls
-// it first for contiguous float CPU tensors (eager.direct) and runs its own checks, which name the problem in the
-// ops' terms, only when it refuses.
+// it first for CPU tensors (eager.fast) and runs its own path, whose checks name the problem in the ops' terms, only
+// when it answers None (a call it does not take) or raises (a malformed one).
 #pragma once
 #include <ATen/EmptyTensor.h>
 #include <torch/extension.h>
