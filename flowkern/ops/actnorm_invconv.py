@@ -97,7 +97,8 @@ def _acc(t: Tensor, acc: torch.dtype) -> Tensor:
 # The CPU kernels' passes. Their callers run without autograd recording (no grad needed, inside an autograd.Function,
 # or on detached parameters): the parameters go to the kernel as they are, or converted, never detached (an op each).
 def _cpu_fwd(x: Tensor, s: Tensor, b: Tensor, W: Tensor, logdet_w: Tensor) -> Tuple[Tensor, Tensor]:
-    """The CPU kernel's forward: the parameter algebra and the pass over x in one call (csrc/cpu/actnorm_invconv.cpp)."""
+    """The CPU kernel's forward: the parameter algebra and the pass over x in one call
+    (csrc/cpu/actnorm_invconv.cpp)."""
     B, C, H, W_ = x.shape
     acc = acc_dtype(x.dtype)
     if not x.numel():

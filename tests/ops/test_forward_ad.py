@@ -23,9 +23,9 @@ def _cases(g):
     s = torch.rand(C, dtype=torch.float64, generator=g) + 0.5
     b = torch.randn(C, dtype=torch.float64, generator=g)
     Wm = _rotation(C, g)
-    lu = (0.3 * torch.randn(C, dtype=torch.float64, generator=g), torch.randn(C, dtype=torch.float64, generator=g),
-          0.3 * torch.randn(C, C, dtype=torch.float64, generator=g),
-          0.3 * torch.randn(C, C, dtype=torch.float64, generator=g), 0.3 * torch.randn(C, dtype=torch.float64, generator=g))
+    def rand(*shape, scale=0.3):
+        return scale * torch.randn(*shape, dtype=torch.float64, generator=g)
+    lu = (rand(C), rand(C, scale=1.0), rand(C, C), rand(C, C), rand(C))  # log_scale, bias, lower, upper, log_s
     P = torch.eye(C, dtype=torch.float64)[torch.randperm(C, generator=g)]
     sign = torch.where(torch.rand(C, generator=g) < 0.5, -1.0, 1.0).to(torch.float64)
     return {  # name: (function of the differentiable inputs, those inputs)
