@@ -141,12 +141,6 @@ struct ActNormInvConvLUBackward final : torch::autograd::Node {
   }
 };
 
-bool has_tangent(std::initializer_list<const at::Tensor*> params) {
-  for (const at::Tensor* t : params)
-    if (t->_fw_grad(0).defined()) return true;
-  return false;
-}
-
 // x (B, C, H, W) and the layer's parameters. None for a call check_data leaves to flowkern/ops/ (or a parameter with
 // a forward-mode tangent); raises for a malformed one. An autograd node when grad mode is on and an input requires
 // grad.

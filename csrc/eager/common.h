@@ -48,6 +48,14 @@ inline at::Tensor new_cpu(at::IntArrayRef sizes, at::ScalarType type, bool zero 
 
 inline const void* ptr_or_null(const at::Tensor& t) { return t.defined() ? t.data_ptr() : nullptr; }
 
+// Whether a tensor carries a forward-mode AD tangent: the kernels have no formula for it, the op's reference does
+// (check_data answers false for such data tensors; entries test their parameters with this).
+inline bool has_tangent(std::initializer_list<const at::Tensor*> tensors) {
+  for (const at::Tensor* t : tensors)
+    if (t->_fw_grad(0).defined()) return true;
+  return false;
+}
+
 // flowkern/ops/ hands the entry points its calls before checking them (eager.fast), and they are importable on their
 // own (flowkern._C_eager.*): every argument is checked here, cheaply, before a kernel sees a pointer.
 // `data`: the op's data tensors (x, h, ...). Returns false for a call these entries do not take, which the entry
@@ -60,7 +68,7 @@ inline bool check_data(const char* op, std::initializer_list<std::pair<const cha
   for (const auto& [name, t] : data) {
     TORCH_CHECK(t->defined(), "flowkern._C_eager.", op, ": ", name, " is undefined");
     if (!t->device().is_cpu() || (t->scalar_type() != at::kFloat && t->scalar_type() != at::kDouble) ||
-        t->scalar_type() != first.scalar_type() || !t->is_contiguous() || t->numel() == 0 || t->_fw_grad(0).defined())
+        t->scalar_type() != first.scalar_type() || !t->is_contiguous() || t->numel() == 0 || has_tangent({t}))
       return false;
   }
   for (const auto& [name, t] : data) {
